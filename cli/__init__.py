@@ -1,0 +1,39 @@
+"""`fedstream` command line: server, client, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedstream.cli import commands
+from fedstream.cli.options import parse_with_config
+from fedstream.common.allocator import tune_malloc
+
+SUBCOMMANDS = {
+    "server": (commands.server_parser, commands.run_server, "run the coordinator"),
+    "client": (commands.client_parser, commands.run_client, "run a training client"),
+    "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="fedstream", description="Federated learning that streams deltas over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    children = {}
+    for name, (build, _run, help_text) in SUBCOMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        build(child)
+        children[name] = child
+    return parser, children
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tune_malloc()
+    parser, children = build_parser()
+    if not argv or argv[0] not in children:
+        parser.parse_args(argv)
+        return 2
+    child = children[argv[0]]
+    args = parse_with_config(child, argv[1:])
+    return SUBCOMMANDS[argv[0]][1](args, child)

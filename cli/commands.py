@@ -1,0 +1,191 @@
+"""The `fedstream` subcommands: server, client, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from fedstream.cli.options import host_port, key_value, non_negative_int, positive_float, positive_int
+from fedstream.common.codec import available_codecs
+from fedstream.common.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="digits", help="digits, synthetic, or package.module:make_task")
+    p.add_argument("--task-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="task option, repeatable (synthetic: params=25M steps=1)")
+
+
+def server_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags")
+    p.add_argument("--address", type=host_port, default="0.0.0.0:8080")
+    add_task_flags(p)
+    p.add_argument("--rounds", type=positive_int, default=10)
+    p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="K clients sampled per round (0: all)")
+    p.add_argument("--min-clients", type=positive_int, default=1, help="updates needed to close a round")
+    p.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds before a round closes")
+    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    p.add_argument("--run-dir", type=Path, default=None, help="default runs/<timestamp>")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local-epochs", type=positive_int, default=None, help="override the task's local epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--learning-rate", type=positive_float, default=None)
+    p.add_argument("--upload-codec", choices=available_codecs(), default="raw")
+    p.add_argument("--download-codec", choices=available_codecs(), default="raw")
+    p.add_argument("--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES)
+    p.add_argument("--max-update-bytes", type=non_negative_int, default=0, help="cap on one upload (0: 2 × model)")
+    p.add_argument("--wait-for-clients", type=positive_float, default=600.0)
+    p.add_argument("--max-workers", type=positive_int, default=256, help="gRPC worker threads")
+    p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def client_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags")
+    p.add_argument("--server", type=host_port, required=False, default="127.0.0.1:8080")
+    add_task_flags(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--partition", default="0/1", help="I/N: this client's share of the training data (I from 0)")
+    p.add_argument("--partition-scheme", choices=["iid", "dirichlet"], default="iid")
+    p.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (label skew)")
+    p.add_argument("--partition-seed", type=int, default=0)
+    p.add_argument("--client-id", default=None, help="stable id (default client-I)")
+    p.add_argument("--local-epochs", type=non_negative_int, default=None)
+    p.add_argument("--slowdown", type=positive_float, default=1.0, help="train this many times slower (experiments)")
+    p.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--connect-timeout", type=positive_float, default=600.0)
+    p.add_argument("--save-updates", type=Path, default=None, help="also write each uploaded delta here (audits)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def demo_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=positive_int, default=4)
+    p.add_argument("--rounds", type=positive_int, default=10)
+    add_task_flags(p)
+    p.add_argument("--run-dir", type=Path, default=None)
+    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fedstream.common.logs import setup_logging
+    from fedstream.common.tasks import load_task
+    from fedstream.server.app import serve
+    from fedstream.server.coordinator import ServerConfig
+    from fedstream.server.strategies import make_strategy
+
+    setup_logging(args.log_level)
+    try:
+        check_chunk_bytes(args.chunk_bytes)
+    except ValueError as exc:
+        parser.error(f"--chunk-bytes: {exc}")
+    if args.clients_per_round and args.min_clients > args.clients_per_round:
+        parser.error(f"--min-clients {args.min_clients} exceeds --clients-per-round {args.clients_per_round}")
+    try:
+        strategy = make_strategy(args.strategy, dict(args.strategy_option))
+    except ValueError as exc:
+        parser.error(f"--strategy: {exc}")
+    try:
+        task = load_task(args.task, dict(args.task_option))
+    except ValueError as exc:
+        parser.error(f"--task: {exc}")
+    run_dir = args.run_dir or default_run_dir()
+    config = ServerConfig(rounds=args.rounds, clients_per_round=args.clients_per_round, min_clients=args.min_clients,
+                          round_timeout=args.round_timeout, seed=args.seed, run_dir=run_dir,
+                          chunk_bytes=args.chunk_bytes, upload_codec=args.upload_codec,
+                          download_codec=args.download_codec, max_update_bytes=args.max_update_bytes,
+                          wait_for_clients=args.wait_for_clients, local_epochs=args.local_epochs,
+                          batch_size=args.batch_size, learning_rate=args.learning_rate)
+    coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file)
+    records = coordinator.runlog.records()
+    if records:
+        last = records[-1]
+        print(f"final accuracy {last['eval_accuracy']:.4f} after {last['round']} rounds; run directory {run_dir}")
+    return 0 if coordinator.completed_rounds >= args.rounds else 1
+
+
+def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from fedstream.client.runner import ClientConfig, FederatedClient
+    from fedstream.common.logs import setup_logging
+    from fedstream.common.partition import parse_partition
+    from fedstream.common.tasks import load_task
+
+    setup_logging(args.log_level)
+    try:
+        partition = parse_partition(args.partition)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        task = load_task(args.task, dict(args.task_option))
+    except ValueError as exc:
+        parser.error(f"--task: {exc}")
+    config = ClientConfig(server=args.server, client_id=args.client_id or f"client-{partition[0]}", partition=partition,
+                          partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,
+                          device=args.device, local_epochs=args.local_epochs, connect_timeout=args.connect_timeout,
+                          slowdown=args.slowdown, save_updates=args.save_updates)
+    try:
+        client = FederatedClient(task, config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return client.run()
+
+
+def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Server and N clients as separate processes on 127.0.0.1; the server's progress is shown here."""
+    import subprocess
+
+    run_dir = args.run_dir or default_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port_file = run_dir / "server.port"
+    port_file.unlink(missing_ok=True)
+    task_flags = ["--task", args.task] + [f for k, v in args.task_option for f in ("--task-option", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "fedstream.cli"]
+    server = subprocess.Popen(cmd + ["server", "--address", "127.0.0.1:0", "--port-file", str(port_file),
+                                     "--rounds", str(args.rounds), "--min-clients", str(args.clients),
+                                     "--strategy", args.strategy, "--run-dir", str(run_dir), "--seed", str(args.seed),
+                                     "--round-timeout", "300", "--log-level", "WARNING"] + task_flags)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text().strip():
+        if server.poll() is not None or time.monotonic() > deadline:
+            print("the demo server did not start; see the messages above", file=sys.stderr)
+            server.kill()
+            return 1
+        time.sleep(0.05)
+    address = f"127.0.0.1:{port_file.read_text().strip()}"
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    clients = []
+    for i in range(args.clients):
+        log_file = open(logs / f"client-{i}.log", "w")
+        clients.append(subprocess.Popen(cmd + ["client", "--server", address, "--partition", f"{i}/{args.clients}",
+                                               "--device", "auto", "--connect-timeout", "60"] + task_flags,
+                                        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ}))
+    try:
+        code = server.wait()
+        for c in clients:
+            try:
+                c.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                c.kill()
+    except KeyboardInterrupt:
+        for p in [server, *clients]:
+            p.terminate()
+        return 130
+    failed = [i for i, c in enumerate(clients) if c.returncode != 0]
+    if failed:
+        print(f"client(s) {failed} exited with errors; logs in {logs}", file=sys.stderr)
+    print(f"metrics: {run_dir / 'metrics.jsonl'}  plot: {run_dir / 'accuracy.png'}  model: {run_dir / 'model.safetensors'}")
+    return code or (1 if failed else 0)

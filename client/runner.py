@@ -1,0 +1,207 @@
+"""A federated client process: join, then loop on tasks (download, train locally, upload the delta)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import grpc
+import torch
+from torch.utils.data import Subset, TensorDataset
+
+from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
+from fedstream.client.device import resolve_device
+from fedstream.client.transfer import TransferError, download, upload
+from fedstream.common.codec import available_codecs
+from fedstream.common.partition import partition_indices
+from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.tasks import Task, TrainSettings
+from fedstream.common.protocol import PROTOCOL_VERSION
+
+log = logging.getLogger("fedstream.client")
+POLL_MS = 5_000
+UPLOAD_ATTEMPTS = 4
+
+
+@dataclass
+class ClientConfig:
+    server: str
+    client_id: str
+    partition: tuple[int, int] = (0, 1)
+    partition_scheme: str = "iid"
+    alpha: float = 0.5
+    partition_seed: int = 0
+    device: str = "auto"
+    local_epochs: int | None = None
+    codecs: list[str] = field(default_factory=available_codecs)
+    connect_timeout: float = 600.0
+    credentials: grpc.ChannelCredentials | None = None
+    server_name: str | None = None
+    token: str = ""
+    slowdown: float = 1.0
+    save_updates: Path | None = None
+
+
+def _subset_tensors(data: TensorDataset, indices: torch.Tensor) -> TensorDataset:
+    return TensorDataset(*(t[indices] for t in data.tensors))
+
+
+class FederatedClient:
+    def __init__(self, task: Task, config: ClientConfig) -> None:
+        self.task = task
+        self.config = config
+        self.device = resolve_device(config.device)
+        i, n = config.partition
+        indices = partition_indices(task.train_labels, i, n, config.partition_scheme, config.alpha, config.partition_seed)
+        self.data = _subset_tensors(task.train_data, indices)
+        self.model = task.make_model().to(self.device)
+        self.channel = open_channel(config.server, config.credentials, config.server_name)
+        self.stub = CoordinatorStub(self.channel)
+        self.session: pb.JoinReply | None = None
+        self._stop = threading.Event()
+        self.rounds_trained = 0
+
+    # ----- session ------------------------------------------------------------------------------------------
+
+    def join(self) -> pb.JoinReply:
+        request = pb.JoinRequest(client_id=self.config.client_id, protocol_version=PROTOCOL_VERSION,
+                                 device=str(self.device), codecs=self.config.codecs, token=self.config.token,
+                                 num_examples=len(self.data))
+        self.session = with_retry(lambda: self.stub.Join(request, timeout=10), f"join as {self.config.client_id}",
+                                  self.config.connect_timeout)
+        log.info("client=%s joined run %s (upload codec %s)", self.config.client_id, self.session.run_id,
+                 self.session.upload_codec)
+        return self.session
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.session.heartbeat_seconds if self.session else 5):
+            session = self.session
+            if session is None:
+                continue
+            try:
+                self.stub.Heartbeat(pb.HeartbeatRequest(session_id=session.session_id), timeout=5)
+            except grpc.RpcError:
+                pass
+
+    # ----- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Works until the server says FINISH; returns the process exit code."""
+        self.join()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        backoff = Backoff()
+        try:
+            while True:
+                try:
+                    task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=POLL_MS),
+                                             timeout=POLL_MS / 1000 + 10)
+                    backoff.reset()
+                except grpc.RpcError as exc:
+                    self._recover(exc, backoff)
+                    continue
+                if task.kind == pb.Task.FINISH:
+                    log.info("client=%s finished: %s", self.config.client_id, task.message)
+                    try:
+                        self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason="finished"), timeout=5)
+                    except grpc.RpcError:
+                        pass
+                    return 0
+                if task.kind == pb.Task.TRAIN:
+                    try:
+                        self.train_round(task)
+                    except grpc.RpcError as exc:
+                        self._recover(exc, backoff)
+                    except TransferError as exc:
+                        log.warning("client=%s round=%d download failed: %s", self.config.client_id, task.round, exc)
+                elif task.retry_after_ms and task.kind == pb.Task.WAIT:
+                    time.sleep(min(task.retry_after_ms, 1000) / 1000 * 0.1)
+        finally:
+            self._stop.set()
+            self.channel.close()
+            beat.join(timeout=10)
+
+    def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            log.info("client=%s session no longer valid (%s); joining again", self.config.client_id, exc.details())
+            self.join()
+            return
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            delay = backoff.next_delay()
+            log.info("client=%s lost the server (%s); retrying in %.1f s", self.config.client_id,
+                     code.name if code else exc, delay)
+            time.sleep(delay)
+            try:
+                self.stub.Heartbeat(pb.HeartbeatRequest(session_id=self.session.session_id), timeout=5)
+            except grpc.RpcError as again:
+                if again.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.join()
+            return
+        log.warning("client=%s server refused: %s %s", self.config.client_id, code.name if code else "", exc.details())
+
+    def settings_for(self, config: pb.TrainConfig) -> TrainSettings:
+        d = self.task.defaults
+        epochs = self.config.local_epochs if self.config.local_epochs is not None else config.local_epochs
+        return TrainSettings(local_epochs=int(epochs), batch_size=int(config.batch_size or d.batch_size),
+                             learning_rate=float(config.learning_rate or d.learning_rate),
+                             proximal_mu=float(config.proximal_mu), max_steps=d.max_steps,
+                             slowdown=float(config.options.get("slowdown", self.config.slowdown)))
+
+    def train_round(self, task: pb.Task) -> None:
+        cid = self.config.client_id
+        started = time.perf_counter()
+        got = download(self.stub, self.session.session_id, task.version, timeout=None)
+        self.model.load_state_dict(got.state)
+        settings = self.settings_for(task.config)
+        seed = int(task.config.options.get("seed", "0")) * 7919 + self.config.partition[0]
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        metrics = self.task.train(self.model, self.data, settings, self.device, generator,
+                                  global_params=got.state if settings.proximal_mu > 0 else None) if len(self.data) else {}
+        delta = self._delta_into(got.state, self.model.state_dict())
+        if self.config.save_updates is not None:
+            self._save_update(task, delta)
+        metrics = {**metrics, "train_seconds": time.perf_counter() - started}
+        upload_id = uuid.uuid4().hex
+        for attempt in range(UPLOAD_ATTEMPTS):
+            try:
+                reply, nbytes = upload(self.stub, self.session.session_id, task.round, task.version, delta,
+                                       len(self.data), metrics, self.session.upload_codec, self.session.chunk_bytes,
+                                       upload_id=upload_id)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == UPLOAD_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+        self.rounds_trained += 1
+        log.info("client=%s round=%d uploaded %.1f MB in %.2f s (%s)", cid, task.round, nbytes / 1e6,
+                 time.perf_counter() - started, "duplicate" if reply.duplicate else "accepted")
+
+    def _save_update(self, task: pb.Task, delta: Mapping[str, torch.Tensor]) -> None:
+        """Keeps a copy of what is uploaded (round, base version, examples) for audits and tests."""
+        from safetensors.torch import save_file
+
+        self.config.save_updates.mkdir(parents=True, exist_ok=True)
+        path = self.config.save_updates / f"{self.config.client_id}-round{task.round}.safetensors"
+        save_file({k: v.contiguous() for k, v in delta.items()}, str(path),
+                  metadata={"round": str(task.round), "base_version": str(task.version),
+                            "num_examples": str(len(self.data)), "client_id": self.config.client_id})
+
+    def _delta_into(self, global_state: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """local − global, written over the downloaded global tensors (no second model-sized buffer)."""
+        for name, g in global_state.items():
+            current = local[name].detach()
+            if current.device.type != "cpu":
+                current = current.to("cpu", non_blocking=False)
+            if g.dtype.is_floating_point:
+                torch.sub(current, g, out=g)
+            else:
+                g.copy_(current - g)
+        return global_state

@@ -1,0 +1,85 @@
+"""Moving tensors over the stubs: download a global version into one buffer, upload a delta as a stream."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+
+from fedstream.common.manifest import decode_state, encode_state
+from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.wire import Crc32, DataChunk, iter_chunks
+
+
+class TransferError(Exception):
+    """A download that does not add up (length or checksum); the client retries it."""
+
+
+@dataclass
+class Downloaded:
+    version: int
+    state: "OrderedDict[str, torch.Tensor]"
+    nbytes: int
+    masked: list[str]
+
+
+def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None) -> Downloaded:
+    """Receives the manifest, writes chunks straight into one preallocated buffer, checks length and CRC."""
+    stream = stub.DownloadModel(pb.DownloadRequest(session_id=session_id, version=version, have_version=have_version),
+                                timeout=timeout)
+    header: pb.ModelHeader | None = None
+    buffer: bytearray | None = None
+    view: memoryview | None = None
+    crc = Crc32()
+    trailer: pb.Trailer | None = None
+    for message in stream:
+        if isinstance(message, DataChunk):
+            data = message.data
+        else:
+            part = message.WhichOneof("part")
+            if part == "header":
+                header = message.header
+                buffer = bytearray(header.manifest.total_bytes)
+                view = memoryview(buffer)
+                continue
+            if part == "trailer":
+                trailer = message.trailer
+                continue
+            data = memoryview(message.data)
+        if view is None:
+            raise TransferError("the server sent model data before the manifest")
+        end = crc.nbytes + len(data)
+        if end > len(view):
+            raise TransferError(f"the server sent more than the {len(view)} bytes its manifest announced")
+        view[crc.nbytes : end] = data
+        crc.update(data)
+    if header is None or trailer is None or buffer is None:
+        raise TransferError("the download ended before its manifest or trailer arrived")
+    if crc.nbytes != header.manifest.total_bytes or trailer.crc32 != crc.value:
+        raise TransferError(f"download of version {version} is corrupt: got {crc.nbytes} bytes "
+                            f"(crc {crc.value:#010x}), trailer says {trailer.total_bytes} (crc {trailer.crc32:#010x})")
+    return Downloaded(header.version, decode_state(header.manifest, buffer), crc.nbytes, list(header.masked))
+
+
+def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int) -> Iterator[pb.UpdateChunk | DataChunk]:
+    yield pb.UpdateChunk(header=header)
+    crc = Crc32()
+    for piece in iter_chunks(buffers, chunk_bytes):
+        crc.update(piece)
+        yield DataChunk(memoryview(piece))
+    yield pb.UpdateChunk(trailer=pb.Trailer(crc32=crc.value, total_bytes=crc.nbytes))
+
+
+def upload(stub, session_id: str, round_number: int, base_version: int, delta: Mapping[str, torch.Tensor],
+           num_examples: int, metrics: Mapping[str, float], codec: str, chunk_bytes: int,
+           upload_id: str | None = None, timeout: float | None = None) -> tuple[pb.UploadReply, int]:
+    """Streams delta; returns the reply and the number of payload bytes sent."""
+    manifest, buffers = encode_state(delta, codec)
+    header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
+                             num_examples=num_examples, metrics=dict(metrics), manifest=manifest,
+                             upload_id=upload_id or uuid.uuid4().hex)
+    reply = stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes), timeout=timeout)
+    return reply, manifest.total_bytes

@@ -1,0 +1,3 @@
+"""Protocol constants both ends agree on."""
+
+PROTOCOL_VERSION = 1

@@ -1,0 +1,101 @@
+"""The task interface: a model, its data, and how to train and evaluate it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+@dataclass
+class TrainSettings:
+    """Local training knobs the server may override per round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    proximal_mu: float = 0.0
+    max_steps: int | None = None
+    slowdown: float = 1.0
+
+
+@dataclass
+class Task:
+    """Everything a federation needs to know about one learning problem.
+
+    A user task is a function `make_task(options: dict[str, str]) -> Task`, named on the command line as
+    `--task package.module:make_task`.
+    """
+
+    name: str
+    make_model: Callable[[], nn.Module]
+    train_data: TensorDataset
+    test_data: TensorDataset
+    defaults: TrainSettings
+    make_optimizer: Callable[[list[nn.Parameter], TrainSettings], torch.optim.Optimizer] | None = None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return self.train_data.tensors[1]
+
+    def optimizer(self, params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+        if self.make_optimizer is not None:
+            return self.make_optimizer(params, settings)
+        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9)
+
+    def train(
+        self,
+        model: nn.Module,
+        data: TensorDataset,
+        settings: TrainSettings,
+        device: torch.device,
+        generator: torch.Generator,
+        global_params: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Local epochs of minibatch training; adds FedProx's (μ/2)‖w − w_global‖² when μ > 0."""
+        model.train()
+        optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad], settings)
+        loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
+        anchors = None
+        if settings.proximal_mu > 0 and global_params is not None:
+            anchors = {n: global_params[n].to(device) for n, _ in model.named_parameters()}
+        total, seen, steps = 0.0, 0, 0
+        non_blocking = device.type == "cuda"
+        started = time.perf_counter()
+        for _ in range(max(settings.local_epochs, 0)):
+            for x, y in loader:
+                if settings.max_steps is not None and steps >= settings.max_steps:
+                    break
+                x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(model(x), y)
+                objective = loss
+                if anchors is not None:
+                    prox = sum(torch.sum((p - anchors[n]) ** 2) for n, p in model.named_parameters())
+                    objective = loss + 0.5 * settings.proximal_mu * prox
+                objective.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(y)
+                seen += len(y)
+                steps += 1
+        if settings.slowdown > 1.0:
+            time.sleep((time.perf_counter() - started) * (settings.slowdown - 1.0))
+        return {"train_loss": total / seen if seen else 0.0, "steps": float(steps)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TensorDataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+        model.eval()
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in DataLoader(data, batch_size=batch_size):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            total_loss += float(self.loss_fn(out, y, reduction="sum"))
+            if out.dim() == 2 and y.dtype == torch.long:
+                correct += int((out.argmax(dim=1) == y).sum())
+            seen += len(y)
+        return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}

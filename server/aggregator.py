@@ -1,0 +1,111 @@
+"""Streaming weighted averaging: updates fold into one running sum, so memory is O(model), not O(clients).
+
+`StreamingAggregator` is what the server uses; `federated_average` is the same computation over in-memory
+state dicts for library users and tests.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import Mapping, Sequence
+
+import torch
+
+from fedstream.server.spool import SpooledUpdate
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 sums for float32 and narrower floats; float64 for float64 and integer tensors."""
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.float32
+    return torch.float64
+
+
+class NonFiniteUpdateError(ValueError):
+    """An update that carries NaN or Inf."""
+
+
+def inspect_update(update: SpooledUpdate) -> float:
+    """Squared L2 norm of a spooled update's floating tensors; raises NonFiniteUpdateError on NaN or Inf."""
+    total = 0.0
+    for item, start, values in update.pieces():
+        if not item.dtype.is_floating_point:
+            continue
+        sq = float(torch.sum(torch.square(values.to(torch.float64))))
+        if not math.isfinite(sq):
+            raise NonFiniteUpdateError(f"tensor {item.name} holds NaN or Inf (at or after element {start})")
+        total += sq
+    return total
+
+
+class StreamingAggregator:
+    """Running sum of weight × scale × delta, and the sum of weights. Thread-safe; folds one update at a time."""
+
+    def __init__(self, reference: Mapping[str, torch.Tensor]) -> None:
+        self.sums: OrderedDict[str, torch.Tensor] = OrderedDict(
+            (name, torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))) for name, t in reference.items()
+        )
+        self.weight_sum = 0.0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, update: SpooledUpdate, weight: float, scale: float = 1.0) -> None:
+        """Folds a spooled update slice by slice (never the whole update in memory)."""
+        if weight < 0 or not math.isfinite(weight):
+            raise ValueError(f"update weight must be a finite non-negative number, got {weight}")
+        factor = weight * scale
+        with self._lock:
+            for item, start, values in update.pieces():
+                flat = self.sums[item.name].view(-1)
+                flat[start : start + values.numel()].add_(values.to(flat.dtype), alpha=factor)
+            self.weight_sum += weight
+            self.count += 1
+
+    def add_state(self, delta: Mapping[str, torch.Tensor], weight: float, scale: float = 1.0) -> None:
+        if weight < 0 or not math.isfinite(weight):
+            raise ValueError(f"update weight must be a finite non-negative number, got {weight}")
+        with self._lock:
+            for name, acc in self.sums.items():
+                acc.add_(delta[name].detach().to(acc.dtype), alpha=weight * scale)
+            self.weight_sum += weight
+            self.count += 1
+
+    def mean(self) -> "OrderedDict[str, torch.Tensor]":
+        """The weighted mean, in the accumulator dtype (the sums are reused, not copied)."""
+        if self.weight_sum <= 0:
+            raise ValueError("no update with positive weight was aggregated")
+        with self._lock:
+            for acc in self.sums.values():
+                acc.div_(self.weight_sum)
+            self.weight_sum = 1.0
+            return self.sums
+
+
+def federated_average(
+    updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> "OrderedDict[str, torch.Tensor]":
+    """FedAvg: Σ wᵢ·updateᵢ / Σ wᵢ over state dicts (works on models or deltas), each tensor in its own dtype."""
+    if not updates:
+        raise ValueError("federated_average needs at least one update")
+    if len(updates) != len(weights):
+        raise ValueError(f"got {len(updates)} updates but {len(weights)} weights")
+    agg = StreamingAggregator(updates[0])
+    for update, weight in zip(updates, weights):
+        missing = set(agg.sums) ^ set(update)
+        if missing:
+            raise ValueError(f"updates disagree on tensor names: {sorted(missing)[:3]}")
+        agg.add_state(update, float(weight))
+    mean = agg.mean()
+    return OrderedDict((name, mean[name].to(updates[0][name].dtype)) for name in mean)
+
+
+def apply_delta(state: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
+    """state += delta in place, rounding integer tensors."""
+    for name, tensor in state.items():
+        d = delta[name]
+        if tensor.dtype.is_floating_point:
+            tensor.add_(d.to(tensor.dtype))
+        else:
+            tensor.add_(torch.round(d).to(tensor.dtype))

@@ -1,0 +1,437 @@
+"""The coordinator: sessions, tasks, uploads and downloads, and the synchronous round loop.
+
+Plain Python with no network: the gRPC servicer translates messages into these calls, and tests can drive
+them directly. One condition variable guards all state; model bytes are folded outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from fedstream.common.codec import available_codecs
+from fedstream.common.manifest import ManifestError, check_manifest, encode_state, reference_of
+from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.tasks import Task
+from fedstream.common.wire import DEFAULT_CHUNK_BYTES, Crc32, iter_chunks
+from fedstream.server import errors
+from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
+from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedstream.server.round import RoundState
+from fedstream.server.runlog import RunLog
+from fedstream.server.sessions import SessionRegistry, UnknownSession
+from fedstream.server.spool import SpoolError, SpoolWriter, SpooledUpdate, StreamIntegrityError, UpdateInfo, clear_spool
+from fedstream.server.strategies import RoundUpdates, Strategy
+
+from fedstream.common.protocol import PROTOCOL_VERSION
+log = logging.getLogger("fedstream.server")
+
+
+@dataclass
+class ServerConfig:
+    rounds: int = 10
+    clients_per_round: int = 0
+    min_clients: int = 1
+    round_timeout: float = 120.0
+    seed: int = 0
+    run_dir: Path = Path("runs/latest")
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    upload_codec: str = "raw"
+    download_codec: str = "raw"
+    heartbeat_seconds: int = 5
+    session_timeout: float = 30.0
+    max_update_bytes: int = 0
+    wait_for_clients: float = 600.0
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    train_options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DownloadStream:
+    header: pb.ModelHeader
+    chunks: Iterator[memoryview | bytes]
+    crc: Crc32
+
+
+class UploadSink:
+    """One in-flight upload: its header checks passed; data goes to the spool until the trailer arrives."""
+
+    def __init__(self, client_id: str, info: UpdateInfo, writer: SpoolWriter, round_state: RoundState) -> None:
+        self.client_id = client_id
+        self.info = info
+        self.writer = writer
+        self.round_state = round_state
+
+    def write(self, data: memoryview | bytes) -> None:
+        try:
+            self.writer.write(data)
+        except SpoolError as exc:
+            raise errors.exhausted(f"client {self.client_id}: {exc}") from None
+
+
+class Coordinator:
+    def __init__(self, task: Task, strategy: Strategy, config: ServerConfig,
+                 on_round: Callable[[dict], None] | None = None) -> None:
+        self.task = task
+        self.strategy = strategy
+        self.config = config
+        self.cond = threading.Condition()
+        self.sessions = SessionRegistry(config.session_timeout)
+        self.run_dir = Path(config.run_dir)
+        self.spool_dir = self.run_dir / "spool"
+        clear_spool(self.spool_dir)
+        self.runlog = RunLog(self.run_dir)
+        self.on_round = on_round
+        self.run_id = uuid.uuid4().hex[:12]
+        torch.manual_seed(config.seed)
+        self.model = task.make_model()
+        self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict(
+            (k, v.detach().clone().contiguous()) for k, v in self.model.state_dict().items()
+        )
+        self.reference = reference_of(self.global_state)
+        model_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
+        self.max_update_bytes = config.max_update_bytes or 2 * model_bytes + (1 << 20)
+        self.version = 0
+        self.completed_rounds = 0
+        self.round: RoundState | None = None
+        self.finished = False
+        self._encoded: dict[tuple[int, str], tuple[pb.Manifest, list]] = {}
+        checkpoint = load_checkpoint(self.run_dir)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # ----- state shared with the round loop -----------------------------------------------------------------
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        for name, tensor in checkpoint.global_state.items():
+            if name not in self.reference or self.reference[name] != (tensor.dtype, tuple(tensor.shape)):
+                raise ValueError(f"checkpoint in {self.run_dir} does not match task {self.task.name}: tensor {name}")
+        self.global_state = OrderedDict((k, checkpoint.global_state[k].contiguous()) for k in self.reference)
+        self.version = checkpoint.version
+        self.completed_rounds = checkpoint.completed_rounds
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        log.info("resumed run from %s at round %d (version %d)", self.run_dir, self.completed_rounds, self.version)
+
+    # ----- client operations (called by the servicer) ---------------------------------------------------------
+
+    def join(self, request: pb.JoinRequest) -> pb.JoinReply:
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise errors.stale(
+                f"client speaks protocol v{request.protocol_version}; this server speaks v{PROTOCOL_VERSION}: "
+                "install a matching fedstream release"
+            )
+        if not request.client_id or len(request.client_id) > 128:
+            raise errors.invalid("client_id must be 1 to 128 characters")
+        if request.num_examples < 0:
+            raise errors.invalid(f"num_examples must be >= 0, got {request.num_examples}")
+        offered = list(request.codecs) or ["raw"]
+        codec = self.config.upload_codec if self.config.upload_codec in offered else "raw"
+        with self.cond:
+            session, previous = self.sessions.open(request.client_id, request.device, offered,
+                                                   request.num_examples, codec)
+            if previous is not None and self.round is not None:
+                self.round.drop(request.client_id, "rejoined with a new session mid-round")
+            self.cond.notify_all()
+        log.info("client=%s joined (device=%s, examples=%d, upload codec=%s)", request.client_id, request.device,
+                 request.num_examples, codec)
+        return pb.JoinReply(session_id=session.session_id, protocol_version=PROTOCOL_VERSION, upload_codec=codec,
+                            heartbeat_seconds=self.config.heartbeat_seconds, run_id=self.run_id,
+                            chunk_bytes=self.config.chunk_bytes)
+
+    def _session(self, session_id: str):
+        try:
+            return self.sessions.touch(session_id)
+        except UnknownSession as exc:
+            raise errors.unauthenticated(str(exc)) from None
+
+    def heartbeat(self, session_id: str) -> pb.HeartbeatReply:
+        with self.cond:
+            self._session(session_id)
+            return pb.HeartbeatReply(version=self.version, round=self.round.number if self.round else 0)
+
+    def leave(self, session_id: str, reason: str) -> None:
+        with self.cond:
+            session = self.sessions.close(session_id)
+            if session is not None and self.round is not None:
+                self.round.drop(session.client_id, f"left: {reason or 'no reason given'}")
+            self.cond.notify_all()
+
+    def next_task(self, session_id: str, wait_s: float) -> pb.Task:
+        deadline = time.monotonic() + max(0.0, min(wait_s, 30.0))
+        with self.cond:
+            while True:
+                session = self._session(session_id)
+                task = self._task_for(session.client_id)
+                if task is not None or time.monotonic() >= deadline:
+                    return task or pb.Task(kind=pb.Task.WAIT, retry_after_ms=200)
+                self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _task_for(self, client_id: str) -> pb.Task | None:
+        if self.finished:
+            return pb.Task(kind=pb.Task.FINISH, message="the run is over")
+        rnd = self.round
+        if rnd is None or rnd.closed or not rnd.is_selected(client_id):
+            return None
+        if client_id in rnd.accepted or client_id in rnd.dropped or client_id in rnd.assigned:
+            return None
+        rnd.assigned.add(client_id)
+        return pb.Task(kind=pb.Task.TRAIN, round=rnd.number, version=rnd.base_version, config=self._train_config(rnd))
+
+    def _train_config(self, rnd: RoundState) -> pb.TrainConfig:
+        c = self.config
+        values = self.strategy.configure_client({
+            "local_epochs": float(c.local_epochs if c.local_epochs is not None else self.task.defaults.local_epochs),
+            "batch_size": float(c.batch_size or self.task.defaults.batch_size),
+            "learning_rate": float(c.learning_rate or self.task.defaults.learning_rate),
+            "proximal_mu": 0.0, "clip_norm": 0.0, "noise_multiplier": 0.0,
+        })
+        options = dict(c.train_options)
+        options["seed"] = str(c.seed * 1_000_003 + rnd.number)
+        return pb.TrainConfig(local_epochs=int(values["local_epochs"]), batch_size=int(values["batch_size"]),
+                              learning_rate=values["learning_rate"], proximal_mu=values["proximal_mu"],
+                              clip_norm=values["clip_norm"], noise_multiplier=values["noise_multiplier"],
+                              options=options)
+
+    def open_download(self, session_id: str, version: int, have_version: int = 0) -> DownloadStream:
+        with self.cond:
+            session = self._session(session_id)
+            if version != self.version:
+                raise errors.stale(f"version {version} is not served; the current global version is {self.version}")
+            key = (self.version, self.config.download_codec)
+            if key not in self._encoded:
+                self._encoded = {key: encode_state(self.global_state, self.config.download_codec)}
+            manifest, buffers = self._encoded[key]
+            rnd = self.round
+            session.held_version = version
+        header = pb.ModelHeader(version=version, manifest=manifest)
+        crc = Crc32()
+
+        def chunks() -> Iterator[memoryview | bytes]:
+            for piece in iter_chunks(buffers, self.config.chunk_bytes):
+                crc.update(piece)
+                yield piece
+            if rnd is not None:
+                with self.cond:
+                    rnd.bytes_down += crc.nbytes
+
+        return DownloadStream(header, chunks(), crc)
+
+    def begin_upload(self, header: pb.UpdateHeader) -> UploadSink:
+        with self.cond:
+            session = self._session(header.session_id)
+            client = session.client_id
+            rnd = self.round
+            if rnd is None or rnd.closed or rnd.number != header.round:
+                current = f"round {rnd.number} is open" if rnd and not rnd.closed else "no round is open"
+                raise errors.stale(f"client {client} sent an update for round {header.round}; {current}")
+            if not rnd.is_selected(client):
+                raise errors.denied(f"client {client} was not sampled for round {rnd.number}")
+            if header.base_version != rnd.base_version:
+                raise errors.stale(f"client {client} trained on version {header.base_version}; "
+                                   f"round {rnd.number} started from version {rnd.base_version}")
+            if client in rnd.accepted:
+                if header.upload_id and rnd.upload_ids.get(client) == header.upload_id:
+                    raise _Duplicate()
+                raise errors.already_exists(f"client {client} already delivered its update for round {rnd.number}")
+            if client in rnd.uploading:
+                raise errors.aborted(f"client {client} already has an upload in flight for round {rnd.number}")
+            if header.num_examples < 0:
+                raise errors.invalid(f"client {client} reported num_examples={header.num_examples}; must be >= 0")
+            allowed = {session.upload_codec, "raw"}
+            try:
+                layout = check_manifest(header.manifest, self.reference, allowed, f"client {client}",
+                                        self.max_update_bytes)
+            except ManifestError as exc:
+                code = errors.exhausted if "at most" in str(exc) else errors.invalid
+                raise code(str(exc)) from None
+            rnd.uploading[client] = header.upload_id
+            rnd.dropped.pop(client, None)
+        metrics = {k: float(v) for k, v in header.metrics.items()}
+        info = UpdateInfo(client, header.round, header.base_version, int(header.num_examples), metrics, header.upload_id)
+        writer = SpoolWriter(self.spool_dir / f"round-{rnd.number}", layout, int(header.manifest.total_bytes))
+        return UploadSink(client, info, writer, rnd)
+
+    def finish_upload(self, sink: UploadSink, trailer: pb.Trailer) -> None:
+        """Validates the whole stream, folds it into the running aggregate, and records it as accepted."""
+        client, rnd = sink.client_id, sink.round_state
+        try:
+            update = sink.writer.finish(trailer.crc32, trailer.total_bytes)
+        except StreamIntegrityError as exc:
+            self.abort_upload(sink, f"stream failed its integrity check: {exc}")
+            raise errors.data_loss(f"client {client}: {exc}") from None
+        try:
+            sink.info.sq_norm = inspect_update(update)
+        except (NonFiniteUpdateError, SpoolError) as exc:
+            update.delete()
+            self.abort_upload(sink, f"rejected: {exc}")
+            raise errors.invalid(f"client {client}: {exc}; the update was discarded") from None
+        update.info = sink.info
+        weight = self.strategy.weight(sink.info)
+        if rnd.aggregator is not None:
+            rnd.aggregator.add(update, weight, self.strategy.scale(sink.info))
+        with self.cond:
+            rnd.uploading.pop(client, None)
+            if rnd.closed:
+                update.delete()
+                raise errors.stale(f"round {rnd.number} closed while client {client}'s update was being folded")
+            rnd.accepted[client] = update
+            rnd.upload_ids[client] = sink.info.upload_id
+            rnd.bytes_up += sink.writer.total_bytes
+            self.cond.notify_all()
+        log.info("round=%d client=%s update accepted (%d examples, %.1f MB)", rnd.number, client,
+                 sink.info.num_examples, sink.writer.total_bytes / 1e6)
+
+    def abort_upload(self, sink: UploadSink, reason: str) -> None:
+        sink.writer.discard()
+        with self.cond:
+            rnd = sink.round_state
+            if rnd.uploading.get(sink.client_id) == sink.info.upload_id:
+                rnd.uploading.pop(sink.client_id, None)
+                rnd.drop(sink.client_id, reason)
+            self.cond.notify_all()
+        log.warning("round=%d client=%s upload dropped: %s", rnd.number, sink.client_id, reason)
+
+    # ----- the round loop --------------------------------------------------------------------------------------
+
+    def _sample(self, number: int, attempt: int) -> list[str]:
+        connected = self.sessions.client_ids()
+        k = self.config.clients_per_round or len(connected)
+        rng = random.Random(f"{self.config.seed}/{number}/{attempt}")
+        return sorted(rng.sample(connected, min(k, len(connected))))
+
+    def _wait_for_clients(self, needed: int) -> bool:
+        deadline = time.monotonic() + self.config.wait_for_clients
+        with self.cond:
+            while len(self.sessions) < needed:
+                self._expire()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.finished:
+                    return False
+                self.cond.wait(timeout=min(remaining, 1.0))
+            return True
+
+    def _expire(self) -> None:
+        for session in self.sessions.expire():
+            log.warning("client=%s session expired (no contact for %.0f s)", session.client_id, self.config.session_timeout)
+            if self.round is not None:
+                self.round.drop(session.client_id, f"no contact for {self.config.session_timeout:.0f} s")
+
+    def run(self) -> None:
+        """Runs rounds until the configured count, then tells every client to finish."""
+        try:
+            while self.completed_rounds < self.config.rounds and not self.finished:
+                self._run_round(self.completed_rounds + 1)
+        finally:
+            self.finish()
+
+    def _run_round(self, number: int) -> None:
+        attempt = 0
+        while not self.finished:
+            attempt += 1
+            needed = max(self.config.min_clients, 1)
+            if not self._wait_for_clients(needed):
+                raise RuntimeError(f"fewer than {needed} clients connected within {self.config.wait_for_clients:.0f} s")
+            with self.cond:
+                selected = self._sample(number, attempt)
+                streaming = self.strategy.streaming
+                rnd = RoundState(number, attempt, self.version, selected,
+                                 time.monotonic() + self.config.round_timeout,
+                                 StreamingAggregator(self.global_state) if streaming else None)
+                self.round = rnd
+                self.cond.notify_all()
+            log.info("round=%d attempt=%d started with %d client(s): %s", number, attempt, len(selected), ", ".join(selected))
+            self._wait_round(rnd)
+            if len(rnd.accepted) >= self.config.min_clients:
+                self._close_round(rnd)
+                return
+            log.warning("round=%d attempt=%d got %d update(s), fewer than min_clients=%d; retrying", number,
+                        attempt, len(rnd.accepted), self.config.min_clients)
+            self._discard(rnd)
+
+    def _wait_round(self, rnd: RoundState) -> None:
+        with self.cond:
+            while not rnd.complete() and not self.finished:
+                self._expire()
+                remaining = rnd.deadline - time.monotonic()
+                if remaining <= 0:
+                    for client in rnd.outstanding():
+                        rnd.drop(client, f"round deadline of {self.config.round_timeout:.0f} s passed")
+                    break
+                self.cond.wait(timeout=min(remaining, 1.0))
+            rnd.closed = True
+
+    def _discard(self, rnd: RoundState) -> None:
+        with self.cond:
+            for update in rnd.accepted.values():
+                update.delete()
+            self.round = None
+
+    def _close_round(self, rnd: RoundState) -> None:
+        updates = [rnd.accepted[c] for c in sorted(rnd.accepted)]
+        delta = self.strategy.aggregate(RoundUpdates(self.global_state, updates, rnd.aggregator))
+        new_state = self.strategy.apply(self.global_state, delta)
+        evaluation = self.evaluate(new_state)
+        infos = [u.info for u in updates if u.info is not None]
+        weight = sum(i.num_examples for i in infos)
+        train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
+        with self.cond:
+            self.global_state = OrderedDict((k, v.contiguous()) for k, v in new_state.items())
+            self.version += 1
+            self.completed_rounds = rnd.number
+            self._encoded = {}
+            self.round = None
+            self.cond.notify_all()
+        for update in updates:
+            update.delete()
+        record = {
+            "round": rnd.number, "version": self.version, "attempt": rnd.attempt, "clients": len(updates),
+            "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": evaluation["loss"],
+            "eval_accuracy": evaluation["accuracy"], "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
+            "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
+            **self.strategy.round_metrics(),
+        }
+        self.runlog.append(record)
+        save_checkpoint(self.run_dir, Checkpoint(self.global_state, self.version, self.completed_rounds,
+                                                 self.strategy.state_dict()))
+        log.info("round=%d closed: %d update(s), eval accuracy %.4f, loss %.4f", rnd.number, len(updates),
+                 evaluation["accuracy"], evaluation["loss"])
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.load_state_dict(state)
+        return self.task.evaluate(self.model, self.task.test_data, torch.device("cpu"))
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finished = True
+            if self.round is not None:
+                self.round.closed = True
+            self.cond.notify_all()
+        self.runlog.write_model(self.global_state)
+
+    def wait_clients_gone(self, timeout: float) -> None:
+        """After finishing, gives connected clients a moment to fetch their FINISH task."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.sessions) and time.monotonic() < deadline:
+                self._expire()
+                self.cond.wait(timeout=0.2)
+
+
+class _Duplicate(Exception):
+    """An upload whose upload_id was already accepted this round: answered as a success, counted once."""
+
+
+Duplicate = _Duplicate

@@ -1,0 +1,161 @@
+"""Disk spool for incoming updates: a stream is written as it arrives and read back tensor by tensor.
+
+An update only reaches the aggregate after its whole stream arrived and its CRC matched, so a broken or
+corrupt stream contributes nothing. Sequential writes land in the page cache, so the spool costs about a
+memory copy, and it lets strategies that need every update at once (median, Krum) read them slice by slice.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from fedstream.common.codec import CodecError, get_codec
+from fedstream.common.manifest import TensorLayout
+from fedstream.common.tensors import from_bytes, numel_of
+from fedstream.common.wire import Crc32
+
+READ_SLICE_BYTES = 8 << 20
+
+
+class SpoolError(Exception):
+    """The stream disagrees with its own manifest or trailer; the message names the difference."""
+
+
+class StreamIntegrityError(SpoolError):
+    """Bytes arrived but their count or checksum is wrong (maps to DATA_LOSS)."""
+
+
+@dataclass
+class UpdateInfo:
+    """What the server knows about one accepted update besides its tensors."""
+
+    client_id: str
+    round: int
+    base_version: int
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    upload_id: str = ""
+    sq_norm: float = 0.0
+
+
+class SpoolWriter:
+    def __init__(self, directory: Path, layout: list[TensorLayout], total_bytes: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{uuid.uuid4().hex}.bin"
+        self.layout = layout
+        self.total_bytes = total_bytes
+        self.crc = Crc32()
+        self._file = open(self.path, "wb", buffering=0)
+
+    def write(self, data: memoryview | bytes) -> None:
+        if self.crc.nbytes + len(data) > self.total_bytes:
+            raise SpoolError(
+                f"stream carries more than the {self.total_bytes} bytes its manifest announced"
+            )
+        self.crc.update(data)
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written:]
+
+    def finish(self, crc32: int, total_bytes: int) -> "SpooledUpdate":
+        self._file.close()
+        if self.crc.nbytes != self.total_bytes or total_bytes != self.total_bytes:
+            self.discard()
+            raise StreamIntegrityError(
+                f"stream ended after {self.crc.nbytes} bytes; manifest announced {self.total_bytes} "
+                f"and trailer {total_bytes}"
+            )
+        if crc32 != self.crc.value:
+            self.discard()
+            raise StreamIntegrityError(
+                f"checksum mismatch: trailer says crc32={crc32:#010x}, received bytes give {self.crc.value:#010x}"
+            )
+        return SpooledUpdate(self.path, self.layout)
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class SpooledUpdate:
+    """A validated update on disk; tensors are decoded on demand, one slice or tensor at a time."""
+
+    def __init__(self, path: Path, layout: list[TensorLayout]) -> None:
+        self.path = path
+        self.layout = layout
+        self.by_name = {item.name: item for item in layout}
+        self.info: UpdateInfo | None = None
+
+    def _read(self, offset: int, nbytes: int) -> bytearray:
+        buf = bytearray(nbytes)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(offset)
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise SpoolError(f"spool file {self.path} is shorter than its manifest")
+                got += n
+        return buf
+
+    def tensor(self, name: str) -> torch.Tensor:
+        item = self.by_name[name]
+        data = self._read(item.offset, item.nbytes)
+        try:
+            return get_codec(item.codec).decode(data, item.dtype, item.shape)
+        except CodecError as exc:
+            raise SpoolError(f"tensor {name}: {exc}") from None
+
+    def pieces(self, slice_bytes: int = READ_SLICE_BYTES) -> Iterator[tuple[TensorLayout, int, torch.Tensor]]:
+        """(tensor, first element, flat values) covering every tensor: raw tensors in slices, others whole."""
+        for item in self.layout:
+            if item.codec == "raw" and item.nbytes > slice_bytes:
+                yield from self._raw_slices(item, slice_bytes)
+            else:
+                yield item, 0, self.tensor(item.name).reshape(-1)
+
+    def _raw_slices(self, item: TensorLayout, slice_bytes: int) -> Iterator[tuple[TensorLayout, int, torch.Tensor]]:
+        itemsize = torch.empty((), dtype=item.dtype).element_size()
+        step = max(1, slice_bytes // itemsize)
+        numel = numel_of(item.shape)
+        with open(self.path, "rb", buffering=0) as f:
+            buf = bytearray(step * itemsize)
+            for start in range(0, numel, step):
+                count = min(step, numel - start)
+                f.seek(item.offset + start * itemsize)
+                view = memoryview(buf)[: count * itemsize]
+                got = 0
+                while got < len(view):
+                    n = f.readinto(view[got:])
+                    if not n:
+                        raise SpoolError(f"spool file {self.path} is shorter than its manifest")
+                    got += n
+                yield item, start, from_bytes(view, item.dtype, (count,))
+
+    def element_range(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Flat values [start, stop) of one tensor (a fresh tensor; raw tensors read only that range)."""
+        item = self.by_name[name]
+        if item.codec != "raw":
+            return self.tensor(name).reshape(-1)[start:stop].clone()
+        itemsize = torch.empty((), dtype=item.dtype).element_size()
+        data = self._read(item.offset + start * itemsize, (stop - start) * itemsize)
+        return from_bytes(data, item.dtype, (stop - start,))
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def clear_spool(directory: Path) -> None:
+    """Removes leftovers of a previous process (a restarted server does not trust half-written spools)."""
+    if directory.exists():
+        for leftover in directory.glob("**/*.bin"):
+            leftover.unlink(missing_ok=True)
+    os.makedirs(directory, exist_ok=True)

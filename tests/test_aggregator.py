@@ -1,0 +1,101 @@
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedstream.common.manifest import encode_state, layout_of
+from fedstream.common.wire import Crc32, iter_chunks
+from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, federated_average, inspect_update
+from fedstream.server.spool import SpoolError, SpoolWriter, StreamIntegrityError
+
+
+def _state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict([("fc.weight", torch.randn(33, 17, generator=gen)), ("fc.bias", torch.randn(33, generator=gen)),
+                        ("emb", torch.randn(300, 8, generator=gen)), ("half", torch.randn(50, generator=gen).half())])
+
+
+def spool(directory: Path, state, chunk: int, codec: str = "raw"):
+    manifest, buffers = encode_state(state, codec)
+    writer = SpoolWriter(directory, layout_of(manifest), manifest.total_bytes)
+    crc = Crc32()
+    for piece in iter_chunks(buffers, chunk):
+        crc.update(piece)
+        writer.write(piece)
+    return writer.finish(crc.value, crc.nbytes)
+
+
+def test_streaming_aggregator_equals_naive_weighted_mean(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    rng = random.Random(0)
+    for trial in range(5):
+        updates = [_state(gen) for _ in range(rng.randint(1, 7))]
+        weights = [rng.randint(1, 500) for _ in updates]
+        agg = StreamingAggregator(updates[0])
+        for u, w in zip(updates, weights):
+            sp = spool(tmp_path / str(trial), u, chunk=rng.randint(1, 5000))
+            for _item, _start, _values in sp.pieces(slice_bytes=rng.choice([64, 1000, 1 << 20])):
+                pass
+            agg.add(sp, w)
+        mean = agg.mean()
+        total = sum(weights)
+        for name in updates[0]:
+            naive = sum(u[name].double() * w for u, w in zip(updates, weights)) / total
+            assert torch.allclose(mean[name].double(), naive, atol=1e-6, rtol=1e-6), name
+
+
+def test_slice_boundaries_do_not_change_the_result(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(1)
+    u = _state(gen)
+    sp = spool(tmp_path, u, chunk=777)
+    results = []
+    for slice_bytes in [4, 100, 4096, 1 << 22]:
+        agg = StreamingAggregator(u)
+        for item, start, values in sp.pieces(slice_bytes):
+            agg.sums[item.name].view(-1)[start : start + values.numel()].add_(values.to(agg.sums[item.name].dtype))
+        results.append(agg.sums)
+    for r in results[1:]:
+        assert all(torch.equal(r[k], results[0][k]) for k in r)
+
+
+def test_federated_average_matches_reference() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([2], dtype=torch.int64)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([4], dtype=torch.int64)}
+    out = federated_average([a, b], [1, 3])
+    assert torch.allclose(out["w"], torch.tensor([2.5, 5.0]))
+    assert out["n"].dtype == torch.int64 and out["n"].item() == 3
+    with pytest.raises(ValueError, match="2 updates but 1 weights"):
+        federated_average([a, b], [1])
+
+
+def test_broken_or_corrupt_streams_never_become_updates(tmp_path: Path) -> None:
+    u = _state(torch.Generator().manual_seed(2))
+    manifest, buffers = encode_state(u, "raw")
+    pieces = list(iter_chunks(buffers, 1000))
+    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    for p in pieces[:-1]:
+        writer.write(p)
+    with pytest.raises(StreamIntegrityError, match="ended after"):
+        writer.finish(0, manifest.total_bytes)
+    assert not writer.path.exists()
+    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    for p in pieces:
+        writer.write(p)
+    with pytest.raises(StreamIntegrityError, match="checksum mismatch"):
+        writer.finish(12345, manifest.total_bytes)
+    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    for p in pieces:
+        writer.write(p)
+    with pytest.raises(SpoolError, match="more than"):
+        writer.write(b"x")
+
+
+def test_nan_updates_are_detected_before_folding(tmp_path: Path) -> None:
+    u = _state(torch.Generator().manual_seed(3))
+    u["emb"][100, 3] = float("nan")
+    with pytest.raises(NonFiniteUpdateError, match="emb"):
+        inspect_update(spool(tmp_path, u, 4096))
+    u["emb"][100, 3] = 0.0
+    sq = inspect_update(spool(tmp_path, u, 4096))
+    assert sq == pytest.approx(sum(float(t.double().square().sum()) for t in u.values()), rel=1e-9)
