@@ -97,7 +97,7 @@ class Coordinator:
         torch.manual_seed(config.seed)
         self.model = task.make_model()
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict(
-            (k, v.detach().clone().contiguous()) for k, v in self.model.state_dict().items()
+            (k, v.detach().contiguous()) for k, v in self.model.state_dict().items()
         )
         self.reference = reference_of(self.global_state)
         model_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
@@ -277,18 +277,24 @@ class Coordinator:
             self.abort_upload(sink, f"rejected: {exc}")
             raise errors.invalid(f"client {client}: {exc}; the update was discarded") from None
         update.info = sink.info
-        weight = self.strategy.weight(sink.info)
-        if rnd.aggregator is not None:
-            rnd.aggregator.add(update, weight, self.strategy.scale(sink.info))
         with self.cond:
-            rnd.uploading.pop(client, None)
             if rnd.closed:
+                rnd.uploading.pop(client, None)
                 update.delete()
-                raise errors.stale(f"round {rnd.number} closed while client {client}'s update was being folded")
-            rnd.accepted[client] = update
-            rnd.upload_ids[client] = sink.info.upload_id
-            rnd.bytes_up += sink.writer.total_bytes
-            self.cond.notify_all()
+                raise errors.stale(f"round {rnd.number} closed before client {client}'s update was complete")
+            rnd.folding += 1
+        try:
+            if rnd.aggregator is not None:
+                rnd.aggregator.add(update, self.strategy.weight(sink.info), self.strategy.scale(sink.info))
+        finally:
+            with self.cond:
+                rnd.folding -= 1
+                rnd.uploading.pop(client, None)
+                rnd.accepted[client] = update
+                rnd.upload_ids[client] = sink.info.upload_id
+                rnd.dropped.pop(client, None)
+                rnd.bytes_up += sink.writer.total_bytes
+                self.cond.notify_all()
         log.info("round=%d client=%s update accepted (%d examples, %.1f MB)", rnd.number, client,
                  sink.info.num_examples, sink.writer.total_bytes / 1e6)
 
@@ -370,6 +376,8 @@ class Coordinator:
                     break
                 self.cond.wait(timeout=min(remaining, 1.0))
             rnd.closed = True
+            while rnd.folding:
+                self.cond.wait(timeout=1.0)
 
     def _discard(self, rnd: RoundState) -> None:
         with self.cond:
@@ -410,7 +418,7 @@ class Coordinator:
             self.on_round(record)
 
     def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
-        self.model.load_state_dict(state)
+        self.model.load_state_dict(state, assign=True)
         return self.task.evaluate(self.model, self.task.test_data, torch.device("cpu"))
 
     def finish(self) -> None:

@@ -23,6 +23,7 @@ class RoundState:
     accepted: dict[str, SpooledUpdate] = field(default_factory=dict)
     upload_ids: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    folding: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     closed: bool = False

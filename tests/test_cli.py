@@ -1,0 +1,47 @@
+"""The CLI contract: bad flags exit 2 with one line naming the flag; config files mirror flags; flags win."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedstream.cli import build_parser
+from fedstream.cli.options import parse_with_config
+
+CLI = [sys.executable, "-m", "fedstream.cli"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["server", "--rounds", "0"], "--rounds"),
+    (["server", "--address", "nohost"], "--address"),
+    (["server", "--upload-codec", "gzip9"], "--upload-codec"),
+    (["server", "--strategy", "nope"], "--strategy"),
+    (["server", "--task-option", "noequals"], "--task-option"),
+    (["client", "--partition", "4/4"], "--partition"),
+    (["client", "--partition-scheme", "zipf"], "--partition-scheme"),
+    (["client", "--alpha", "-1"], "--alpha"),
+    (["client", "--device", "tpu"], "--device"),
+])
+def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str) -> None:
+    result = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert flag in last, last
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text('rounds = 7\nmin-clients = 2\nstrategy = "fedavg"\n[task-option]\nparams = "2M"\n')
+    _, children = build_parser()
+    args = parse_with_config(children["server"], ["--config", str(config), "--rounds", "3"])
+    assert args.rounds == 3 and args.min_clients == 2 and args.task_option == [("params", "2M")]
+
+
+def test_config_file_with_unknown_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("roundz = 7\n")
+    result = subprocess.run(CLI + ["server", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "roundz" in result.stderr.strip().splitlines()[-1]
