@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedstream.cli import commands
+from fedstream.cli import certs, commands
 from fedstream.cli.options import parse_with_config
+from fedstream.client import simulation
 from fedstream.common.allocator import tune_malloc
 
 SUBCOMMANDS = {
     "server": (commands.server_parser, commands.run_server, "run the coordinator"),
     "client": (commands.client_parser, commands.run_client, "run a training client"),
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
+    "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
+    "simulate": (simulation.simulate_parser, simulation.run_simulate, "many clients in Ray actors against a server"),
 }
 
 

@@ -10,8 +10,10 @@ from datetime import datetime
 from pathlib import Path
 
 from fedstream.cli.options import host_port, key_value, non_negative_int, positive_float, positive_int
+from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.codec import available_codecs
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
+from fedstream.server.staleness import STALENESS
 
 
 def default_run_dir() -> Path:
@@ -34,19 +36,50 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds before a round closes")
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    p.add_argument("--dp", choices=["central", "local"], default=None, help="client-level differential privacy")
+    p.add_argument("--clip", default=None, help="DP: L2 norm C each client delta is clipped to, or 'adaptive' "
+                   "(central only; default 1.0)")
+    p.add_argument("--noise-multiplier", type=float, default=1.0, help="DP: σ; Gaussian noise of std σ·C")
+    p.add_argument("--delta", type=positive_float, default=1e-5, help="DP: the δ that ε is reported at")
+    p.add_argument("--target-epsilon", type=positive_float, default=None,
+                   help="DP: end the run before a round that would take ε past this")
+    p.add_argument("--dp-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="central DP: initial_clip, target_quantile, clip_lr, count_stddev (adaptive clipping), "
+                        "sample_rate, noise_seed")
     p.add_argument("--run-dir", type=Path, default=None, help="default runs/<timestamp>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local-epochs", type=positive_int, default=None, help="override the task's local epochs")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--learning-rate", type=positive_float, default=None)
+    p.add_argument("--client-setting", action="append", default=[], metavar="CLIENT_ID:KEY=VALUE[,KEY=VALUE]",
+                   help="per-client training settings, repeatable: local_epochs, batch_size, learning_rate, or "
+                        "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
+    p.add_argument("--mode", choices=["sync", "async"], default="sync",
+                   help="sync: rounds wait for their clients; async: FedBuff, a new version every --buffer-size updates")
+    p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
+    p.add_argument("--staleness", choices=sorted(STALENESS), default="sqrt",
+                   help="async: discount of an update s versions old: constant 1, sqrt 1/sqrt(1+s), poly (1+s)^-a")
+    p.add_argument("--staleness-exponent", type=positive_float, default=0.5, help="async: a for --staleness poly")
+    p.add_argument("--max-staleness", type=non_negative_int, default=10,
+                   help="async: updates more versions old than this are refused")
     p.add_argument("--upload-codec", choices=available_codecs(), default="raw")
     p.add_argument("--download-codec", choices=available_codecs(), default="raw")
+    p.add_argument("--topk-fraction", type=positive_float, default=0.01,
+                   help="share of each tensor the topk codec keeps (0.01: the 1%% largest magnitudes)")
+    p.add_argument("--error-feedback", choices=["on", "off"], default="on",
+                   help="clients add what a lossy upload codec dropped to their next update")
+    p.add_argument("--incremental-download", action="store_true",
+                   help="clients holding the previous version download only the difference, in --download-codec")
+    p.add_argument("--prune-schedule", default="", metavar="S,S,... | ROUND:S,...",
+                   help="magnitude-prune the global model: 0.5,0.8,0.9 spreads the steps over the run; "
+                        "2:0.5,4:0.8 prunes to 50%% after round 2, to 80%% after round 4")
     p.add_argument("--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES)
     p.add_argument("--max-update-bytes", type=non_negative_int, default=0, help="cap on one upload (0: 2 × model)")
     p.add_argument("--wait-for-clients", type=positive_float, default=600.0)
     p.add_argument("--max-workers", type=positive_int, default=256, help="gRPC worker threads")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_server_security_flags(p)
 
 
 def client_parser(p: argparse.ArgumentParser) -> None:
@@ -65,6 +98,7 @@ def client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=positive_float, default=600.0)
     p.add_argument("--save-updates", type=Path, default=None, help="also write each uploaded delta here (audits)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_client_security_flags(p)
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
@@ -76,11 +110,29 @@ def demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def check_compression_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuses codec and pruning settings that cannot work together, naming the flag to change."""
+    from fedstream.server.pruning_schedule import PruneSchedule
+
+    if args.topk_fraction > 1:
+        parser.error(f"--topk-fraction {args.topk_fraction}: must be in (0, 1]; 0.01 keeps 1% of each tensor")
+    try:
+        PruneSchedule.parse(args.prune_schedule, args.rounds)
+    except ValueError as exc:
+        parser.error(f"--prune-schedule: {exc}")
+    if args.download_codec == "topk" and not args.incremental_download:
+        parser.error("--download-codec topk keeps 1 weight in 100 of the full model; use it with "
+                     "--incremental-download, where only the difference between versions is sparsified")
+    if getattr(args, "mode", "sync") == "async" and (args.prune_schedule or args.incremental_download):
+        parser.error("--prune-schedule and --incremental-download work with --mode sync only")
+
+
 def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fedstream.common.logs import setup_logging
     from fedstream.common.tasks import load_task
     from fedstream.server.app import serve
-    from fedstream.server.coordinator import ServerConfig
+    from fedstream.server.client_settings import parse_client_settings
+    from fedstream.server.coordinator import Coordinator, ServerConfig
     from fedstream.server.strategies import make_strategy
 
     setup_logging(args.log_level)
@@ -94,23 +146,57 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         strategy = make_strategy(args.strategy, dict(args.strategy_option))
     except ValueError as exc:
         parser.error(f"--strategy: {exc}")
+    if args.dp:
+        from fedstream.server.privacy import make_dp_strategy
+
+        try:
+            strategy = make_dp_strategy(strategy, args.dp, args.clip or "1.0", args.noise_multiplier, args.delta,
+                                        args.target_epsilon, dict(args.dp_option))
+        except ValueError as exc:
+            parser.error(f"--dp {args.dp}: {exc}")
+    elif args.clip is not None or args.target_epsilon is not None or args.dp_option:
+        parser.error("--clip, --target-epsilon and --dp-option need --dp central or --dp local")
     try:
         task = load_task(args.task, dict(args.task_option))
     except ValueError as exc:
         parser.error(f"--task: {exc}")
+    try:
+        client_settings = parse_client_settings(args.client_setting)
+    except ValueError as exc:
+        parser.error(f"--client-setting: {exc}")
+    factory = Coordinator
+    if args.mode == "async":
+        from fedstream.server.fedbuff import AsyncSettings, async_coordinator
+
+        if not strategy.streaming:
+            parser.error(f"--mode async: strategy {args.strategy} needs every update of a round at once; "
+                         "async mode folds updates as they arrive (use a streaming strategy such as fedavg)")
+        factory = async_coordinator(AsyncSettings.from_flags(args.buffer_size, args.staleness,
+                                                             args.staleness_exponent, args.max_staleness))
+    check_compression_flags(args, parser)
     run_dir = args.run_dir or default_run_dir()
     config = ServerConfig(rounds=args.rounds, clients_per_round=args.clients_per_round, min_clients=args.min_clients,
                           round_timeout=args.round_timeout, seed=args.seed, run_dir=run_dir,
                           chunk_bytes=args.chunk_bytes, upload_codec=args.upload_codec,
                           download_codec=args.download_codec, max_update_bytes=args.max_update_bytes,
                           wait_for_clients=args.wait_for_clients, local_epochs=args.local_epochs,
-                          batch_size=args.batch_size, learning_rate=args.learning_rate)
-    coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file)
+                          batch_size=args.batch_size, learning_rate=args.learning_rate,
+                          client_settings=client_settings, max_sessions=args.max_sessions,
+                          session_timeout=args.session_timeout, heartbeat_seconds=args.heartbeat_seconds,
+                          topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
+                          incremental_download=args.incremental_download, prune_schedule=args.prune_schedule)
+    security = server_security(args, parser)
+    coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
+                        coordinator_factory=factory, credentials=security.credentials, auth=security.auth)
     records = coordinator.runlog.records()
     if records:
         last = records[-1]
         print(f"final accuracy {last['eval_accuracy']:.4f} after {last['round']} rounds; run directory {run_dir}")
-    return 0 if coordinator.completed_rounds >= args.rounds else 1
+    if coordinator.strategy_stop:
+        print(f"ended early: {coordinator.strategy_stop}")
+    if coordinator.stopping:
+        print(f"stopped: {coordinator.stopping}")
+    return 0 if coordinator.completed_rounds >= args.rounds or coordinator.strategy_stop or coordinator.stopping else 1
 
 
 def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -132,15 +218,29 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         task = load_task(args.task, dict(args.task_option))
     except ValueError as exc:
         parser.error(f"--task: {exc}")
-    config = ClientConfig(server=args.server, client_id=args.client_id or f"client-{partition[0]}", partition=partition,
+    client_id = args.client_id or f"client-{partition[0]}"
+    security = client_security(args, parser, client_id)
+    config = ClientConfig(server=args.server, client_id=client_id, partition=partition,
                           partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,
                           device=args.device, local_epochs=args.local_epochs, connect_timeout=args.connect_timeout,
-                          slowdown=args.slowdown, save_updates=args.save_updates)
+                          slowdown=args.slowdown, save_updates=args.save_updates, credentials=security.credentials,
+                          server_name=security.server_name, token=security.token,
+                          upload_chunk_delay=args.upload_chunk_delay)
+    from fedstream.client.distributed import launched_by_torchrun, run_cluster_client
+
+    if launched_by_torchrun():
+        return run_cluster_client(task, config)
     try:
         client = FederatedClient(task, config)
     except ValueError as exc:
         parser.error(str(exc))
-    return client.run()
+    import grpc
+
+    try:
+        return client.run()
+    except grpc.RpcError as exc:
+        print(f"client {client_id}: the server refused it: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
 
 
 def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -156,7 +256,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     server = subprocess.Popen(cmd + ["server", "--address", "127.0.0.1:0", "--port-file", str(port_file),
                                      "--rounds", str(args.rounds), "--min-clients", str(args.clients),
                                      "--strategy", args.strategy, "--run-dir", str(run_dir), "--seed", str(args.seed),
-                                     "--round-timeout", "300", "--log-level", "WARNING"] + task_flags)
+                                     "--round-timeout", "300", "--log-level", "WARNING", "--insecure"] + task_flags)
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text().strip():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -171,7 +271,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for i in range(args.clients):
         log_file = open(logs / f"client-{i}.log", "w")
         clients.append(subprocess.Popen(cmd + ["client", "--server", address, "--partition", f"{i}/{args.clients}",
-                                               "--device", "auto", "--connect-timeout", "60"] + task_flags,
+                                               "--device", "auto", "--connect-timeout", "60", "--insecure"] + task_flags,
                                         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ}))
     try:
         code = server.wait()

@@ -16,8 +16,13 @@ from torch.utils.data import Subset, TensorDataset
 
 from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
 from fedstream.client.device import resolve_device
+from fedstream.client.feedback import ErrorFeedback
+from fedstream.client.held_model import HeldModel, delta_from
+from fedstream.client.masks import keep_pruned, masks_for
+from fedstream.client.privacy import privatize_delta
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.codec import available_codecs
+from fedstream.common.codec_plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
 from fedstream.common.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task, TrainSettings
@@ -26,6 +31,7 @@ from fedstream.common.protocol import PROTOCOL_VERSION
 log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000
 UPLOAD_ATTEMPTS = 4
+UPLOAD_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 
 
 @dataclass
@@ -45,6 +51,7 @@ class ClientConfig:
     token: str = ""
     slowdown: float = 1.0
     save_updates: Path | None = None
+    upload_chunk_delay: float = 0.0
 
 
 def _subset_tensors(data: TensorDataset, indices: torch.Tensor) -> TensorDataset:
@@ -65,6 +72,8 @@ class FederatedClient:
         self.session: pb.JoinReply | None = None
         self._stop = threading.Event()
         self.rounds_trained = 0
+        self.held = HeldModel()
+        self.feedback = ErrorFeedback()
 
     # ----- session ------------------------------------------------------------------------------------------
 
@@ -123,8 +132,8 @@ class FederatedClient:
                     time.sleep(min(task.retry_after_ms, 1000) / 1000 * 0.1)
         finally:
             self._stop.set()
-            self.channel.close()
             beat.join(timeout=10)
+            self.channel.close()
 
     def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
         code = exc.code() if hasattr(exc, "code") else None
@@ -157,32 +166,59 @@ class FederatedClient:
     def train_round(self, task: pb.Task) -> None:
         cid = self.config.client_id
         started = time.perf_counter()
-        got = download(self.stub, self.session.session_id, task.version, timeout=None)
-        self.model.load_state_dict(got.state)
+        run_id, options = self.session.run_id, task.config.options
+
+        def fetch(have_version: int):
+            return download(self.stub, self.session.session_id, task.version, have_version=have_version, timeout=None)
+
+        base, got = self.held.receive(fetch(self.held.have_version(run_id)), run_id, options.get(INCREMENTAL) == "1",
+                                      lambda: fetch(0))
+        self.model.load_state_dict(base)
+        masks = masks_for(base, got.masked)
         settings = self.settings_for(task.config)
         seed = int(task.config.options.get("seed", "0")) * 7919 + self.config.partition[0]
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        metrics = self.task.train(self.model, self.data, settings, self.device, generator,
-                                  global_params=got.state if settings.proximal_mu > 0 else None) if len(self.data) else {}
-        delta = self._delta_into(got.state, self.model.state_dict())
+        with keep_pruned(self.model, masks):
+            metrics = self.local_train(settings, generator,
+                                       base if settings.proximal_mu > 0 else None) if len(self.data) else {}
+        local = self.model.state_dict()
+        delta = delta_from(base, local) if self.held.state is base else self._delta_into(base, local)
+        if task.config.clip_norm > 0:
+            privatize_delta(delta, task.config.clip_norm, task.config.noise_multiplier)
         if self.config.save_updates is not None:
             self._save_update(task, delta)
         metrics = {**metrics, "train_seconds": time.perf_counter() - started}
+        self.feedback.bind(run_id, options.get(ERROR_FEEDBACK, "1") == "1")
+        encoded = self.feedback.encode(delta, chooser(self.session.upload_codec, got.masked, topk_fraction_of(options)),
+                                       masks)
         upload_id = uuid.uuid4().hex
+        log.info("client=%s round=%d uploading its update (upload_id %s)", cid, task.round, upload_id[:8])
         for attempt in range(UPLOAD_ATTEMPTS):
             try:
                 reply, nbytes = upload(self.stub, self.session.session_id, task.round, task.version, delta,
                                        len(self.data), metrics, self.session.upload_codec, self.session.chunk_bytes,
-                                       upload_id=upload_id)
+                                       upload_id=upload_id, chunk_delay=self.config.upload_chunk_delay,
+                                       encoded=(encoded.manifest, encoded.buffers))
                 break
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == UPLOAD_ATTEMPTS - 1:
+                # ABORTED: the server still holds this client's previous (broken) stream; the same upload_id is
+                # retried, so an attempt the server did accept is counted once.
+                if exc.code() not in UPLOAD_RETRYABLE or attempt == UPLOAD_ATTEMPTS - 1:
                     raise
                 time.sleep(0.5 * 2 ** attempt)
+        self.feedback.commit(encoded)
         self.rounds_trained += 1
         log.info("client=%s round=%d uploaded %.1f MB in %.2f s (%s)", cid, task.round, nbytes / 1e6,
                  time.perf_counter() - started, "duplicate" if reply.duplicate else "accepted")
+        if encoded.residual:
+            log.info("client=%s round=%d error feedback carries a residual of norm %.4g to the next round", cid,
+                     task.round, encoded.residual_norm())
+
+    def local_train(self, settings: TrainSettings, generator: torch.Generator,
+                    global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
+        """Trains self.model on this client's data (a cluster client, client/distributed.py, trains with DDP)."""
+        return self.task.train(self.model, self.data, settings, self.device, generator, global_params=global_params)
 
     def _save_update(self, task: pb.Task, delta: Mapping[str, torch.Tensor]) -> None:
         """Keeps a copy of what is uploaded (round, base version, examples) for audits and tests."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class Downloaded:
     state: "OrderedDict[str, torch.Tensor]"
     nbytes: int
     masked: list[str]
+    incremental: bool = False
+    base_version: int = 0
 
 
 def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None) -> Downloaded:
@@ -61,13 +64,18 @@ def download(stub, session_id: str, version: int, have_version: int = 0, timeout
     if crc.nbytes != header.manifest.total_bytes or trailer.crc32 != crc.value:
         raise TransferError(f"download of version {version} is corrupt: got {crc.nbytes} bytes "
                             f"(crc {crc.value:#010x}), trailer says {trailer.total_bytes} (crc {trailer.crc32:#010x})")
-    return Downloaded(header.version, decode_state(header.manifest, buffer), crc.nbytes, list(header.masked))
+    return Downloaded(header.version, decode_state(header.manifest, buffer), crc.nbytes, list(header.masked),
+                      header.incremental, header.base_version)
 
 
-def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int) -> Iterator[pb.UpdateChunk | DataChunk]:
+def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int,
+                    chunk_delay: float = 0.0) -> Iterator[pb.UpdateChunk | DataChunk]:
+    """Header, data chunks, trailer; chunk_delay (seconds before each chunk) lets fault tests catch it mid-stream."""
     yield pb.UpdateChunk(header=header)
     crc = Crc32()
     for piece in iter_chunks(buffers, chunk_bytes):
+        if chunk_delay:
+            time.sleep(chunk_delay)
         crc.update(piece)
         yield DataChunk(memoryview(piece))
     yield pb.UpdateChunk(trailer=pb.Trailer(crc32=crc.value, total_bytes=crc.nbytes))
@@ -75,11 +83,12 @@ def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int) ->
 
 def upload(stub, session_id: str, round_number: int, base_version: int, delta: Mapping[str, torch.Tensor],
            num_examples: int, metrics: Mapping[str, float], codec: str, chunk_bytes: int,
-           upload_id: str | None = None, timeout: float | None = None) -> tuple[pb.UploadReply, int]:
-    """Streams delta; returns the reply and the number of payload bytes sent."""
-    manifest, buffers = encode_state(delta, codec)
+           upload_id: str | None = None, timeout: float | None = None,
+           chunk_delay: float = 0.0, encoded: tuple[pb.Manifest, list] | None = None) -> tuple[pb.UploadReply, int]:
+    """Streams delta (or its already encoded manifest and buffers); returns the reply and the payload bytes sent."""
+    manifest, buffers = encoded if encoded is not None else encode_state(delta, codec)
     header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
                              num_examples=num_examples, metrics=dict(metrics), manifest=manifest,
                              upload_id=upload_id or uuid.uuid4().hex)
-    reply = stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes), timeout=timeout)
+    reply = stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout)
     return reply, manifest.total_bytes

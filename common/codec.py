@@ -111,3 +111,18 @@ def codec_for(tensor_dtype: torch.dtype, requested: str) -> Codec:
 RAW = register(RawCodec())
 register(CastCodec("fp16", torch.float16))
 register(CastCodec("bf16", torch.bfloat16))
+
+# Compression codecs live in their own modules and join the registry here (they import Codec from above).
+from fedstream.common.compress import lz4_codec, zstd_codec  # noqa: E402
+from fedstream.common.quantize import Q8Codec  # noqa: E402
+from fedstream.common.sparsify import SparseCodec, TopKCodec  # noqa: E402
+
+Q8 = register(Q8Codec())
+register(TopKCodec())
+register(SparseCodec("sparse", RAW))
+register(SparseCodec("sparse-fp16", get_codec("fp16")))
+register(SparseCodec("sparse-bf16", get_codec("bf16")))
+register(SparseCodec("sparse-q8", Q8))
+register(zstd_codec())
+if (_lz4 := lz4_codec()) is not None:
+    register(_lz4)

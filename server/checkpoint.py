@@ -1,12 +1,16 @@
 """Run checkpoints: the global model and strategy state as safetensors, the counters as JSON.
 
-Every file is written to a temporary name and renamed into place, and `state.json` (written last) names the
-model file it belongs to, so a crash at any point leaves the previous checkpoint loadable and a torn one unread.
+Every file is written to a temporary name, fsynced and renamed into place, and `state.json` (written last)
+names the files it belongs to with their SHA-256, so a crash at any point leaves the previous checkpoint
+loadable and a torn one unread. The previous generation is kept (`state-v<N>.json` and its files): when the
+newest fails its digests, loading falls back to it instead of starting over or reading garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FORMAT = 1
+KEEP_GENERATIONS = 2
+log = logging.getLogger("fedstream.server")
+
+
+class CheckpointError(ValueError):
+    """The run directory holds checkpoints but none is intact; the message names each and what is wrong."""
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint written by an incompatible fedstream (not a torn one: falling back would hide it)."""
 
 
 @dataclass
@@ -33,6 +47,23 @@ def _atomic_write(path: Path, write) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
@@ -46,21 +77,48 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     _atomic_write(directory / strategy_name, lambda p: save_file(strategy_state, str(p)))
     meta = {"format": FORMAT, "version": checkpoint.version, "completed_rounds": checkpoint.completed_rounds,
             "model": model_name, "strategy": strategy_name, "order": list(checkpoint.global_state),
+            "sha256": {model_name: _sha256(directory / model_name), strategy_name: _sha256(directory / strategy_name)},
             "extra": checkpoint.extra or {}}
-    _atomic_write(directory / "state.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-    for old in directory.glob("*-v*.safetensors"):
-        if old.name not in (model_name, strategy_name):
+    text = json.dumps(meta, indent=1)
+    _atomic_write(directory / f"state-v{checkpoint.version}.json", lambda p: p.write_text(text))
+    _atomic_write(directory / "state.json", lambda p: p.write_text(text))
+    keep = {f"v{v}" for v in range(checkpoint.version - KEEP_GENERATIONS + 1, checkpoint.version + 1)}
+    for old in directory.glob("*-v*.*"):
+        if old.name.rsplit("-", 1)[-1].split(".")[0] not in keep:
             old.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest intact checkpoint; None when the run directory has none; CheckpointError when all are torn."""
     directory = Path(run_dir) / "checkpoint"
-    meta_path = directory / "state.json"
-    if not meta_path.exists():
+    generations = sorted(directory.glob("state-v*.json"), key=lambda p: int(p.stem.split("-v")[-1]), reverse=True)
+    candidates = generations or [p for p in [directory / "state.json"] if p.exists()]
+    if not candidates:
         return None
+    problems = []
+    for meta_path in candidates:
+        try:
+            checkpoint = _load(directory, meta_path)
+        except CheckpointFormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{meta_path.name}: {exc}")
+            log.warning("checkpoint %s is torn or corrupt (%s); trying an older one", meta_path, exc)
+            continue
+        return checkpoint
+    raise CheckpointError(f"no intact checkpoint in {directory}: {'; '.join(problems)}. Move the directory away to "
+                          "start a fresh run, or restore it from a backup")
+
+
+def _load(directory: Path, meta_path: Path) -> Checkpoint:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {meta_path} has format {meta.get('format')}; this fedstream reads {FORMAT}")
+        raise CheckpointFormatError(f"checkpoint {meta_path} has format {meta.get('format')}; "
+                                    f"this fedstream reads {FORMAT}")
+    for name, expected in meta.get("sha256", {}).items():
+        actual = _sha256(directory / name)
+        if actual != expected:
+            raise ValueError(f"{name} has SHA-256 {actual[:12]}…, the checkpoint recorded {expected[:12]}…")
     tensors = load_file(str(directory / meta["model"]))
     order = meta.get("order") or list(tensors)
     global_state = OrderedDict((k, tensors[k]) for k in order)

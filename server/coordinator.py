@@ -7,6 +7,7 @@ them directly. One condition variable guards all state; model bytes are folded o
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -14,19 +15,23 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 
 from fedstream.common.codec import available_codecs
-from fedstream.common.manifest import ManifestError, check_manifest, encode_state, reference_of
+from fedstream.common.codec_plan import accepted_codecs, compression_options
+from fedstream.common.manifest import ManifestError, check_manifest, reference_of
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, Crc32, iter_chunks
 from fedstream.server import errors
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedstream.server.client_settings import apply_client_settings
 from fedstream.server.round import RoundState
+from fedstream.server.model_publisher import ModelPublisher
+from fedstream.server.pruning_schedule import GlobalPruning, PruneSchedule
 from fedstream.server.runlog import RunLog
 from fedstream.server.sessions import SessionRegistry, UnknownSession
 from fedstream.server.spool import SpoolError, SpoolWriter, SpooledUpdate, StreamIntegrityError, UpdateInfo, clear_spool
@@ -47,14 +52,20 @@ class ServerConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     upload_codec: str = "raw"
     download_codec: str = "raw"
+    topk_fraction: float = 0.01
+    error_feedback: bool = True
+    incremental_download: bool = False
+    prune_schedule: str = ""
     heartbeat_seconds: int = 5
     session_timeout: float = 30.0
     max_update_bytes: int = 0
+    max_sessions: int = 10_000
     wait_for_clients: float = 600.0
     local_epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
     train_options: dict[str, str] = field(default_factory=dict)
+    client_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,7 +88,7 @@ class UploadSink:
         try:
             self.writer.write(data)
         except SpoolError as exc:
-            raise errors.exhausted(f"client {self.client_id}: {exc}") from None
+            raise errors.invalid(f"client {self.client_id}: {exc}; the upload was dropped") from None
 
 
 class Coordinator:
@@ -106,10 +117,17 @@ class Coordinator:
         self.completed_rounds = 0
         self.round: RoundState | None = None
         self.finished = False
+        self.stopping = ""
+        self.strategy_stop = ""
+        self._returning: set[str] = set()
         self._encoded: dict[tuple[int, str], tuple[pb.Manifest, list]] = {}
+        self.pruning = GlobalPruning(PruneSchedule.parse(config.prune_schedule, config.rounds), self.model)
+        self.publisher = ModelPublisher(config.download_codec, config.incremental_download, config.topk_fraction)
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.pruning.restore(self.global_state, self.completed_rounds)
+        self.publisher.publish(self.version, self.global_state, self.pruning.masked)
 
     # ----- state shared with the round loop -----------------------------------------------------------------
 
@@ -121,6 +139,8 @@ class Coordinator:
         self.version = checkpoint.version
         self.completed_rounds = checkpoint.completed_rounds
         self.strategy.load_state_dict(checkpoint.strategy_state)
+        self._returning = set((checkpoint.extra or {}).get("clients", []))
+        self.runlog.truncate(self.completed_rounds)
         log.info("resumed run from %s at round %d (version %d)", self.run_dir, self.completed_rounds, self.version)
 
     # ----- client operations (called by the servicer) ---------------------------------------------------------
@@ -137,11 +157,17 @@ class Coordinator:
             raise errors.invalid(f"num_examples must be >= 0, got {request.num_examples}")
         offered = list(request.codecs) or ["raw"]
         codec = self.config.upload_codec if self.config.upload_codec in offered else "raw"
+        if len(request.device) > 128 or len(offered) > 32:
+            raise errors.invalid(f"client {request.client_id}: device name ({len(request.device)} chars) or codec "
+                                 f"list ({len(offered)} entries) too long; at most 128 chars and 32 codecs")
         with self.cond:
+            if self.sessions.by_client(request.client_id) is None and len(self.sessions) >= self.config.max_sessions:
+                raise errors.exhausted(f"client {request.client_id} cannot join: the server holds its limit of "
+                                       f"{self.config.max_sessions} sessions (--max-sessions)")
             session, previous = self.sessions.open(request.client_id, request.device, offered,
                                                    request.num_examples, codec)
             if previous is not None and self.round is not None:
-                self.round.drop(request.client_id, "rejoined with a new session mid-round")
+                self.round.rejoined(request.client_id)
             self.cond.notify_all()
         log.info("client=%s joined (device=%s, examples=%d, upload codec=%s)", request.client_id, request.device,
                  request.num_examples, codec)
@@ -154,6 +180,11 @@ class Coordinator:
             return self.sessions.touch(session_id)
         except UnknownSession as exc:
             raise errors.unauthenticated(str(exc)) from None
+
+    def client_of(self, session_id: str) -> str:
+        """The client id a live session belongs to (UNAUTHENTICATED for unknown or expired sessions)."""
+        with self.cond:
+            return self._session(session_id).client_id
 
     def heartbeat(self, session_id: str) -> pb.HeartbeatReply:
         with self.cond:
@@ -179,16 +210,17 @@ class Coordinator:
 
     def _task_for(self, client_id: str) -> pb.Task | None:
         if self.finished:
-            return pb.Task(kind=pb.Task.FINISH, message="the run is over")
+            return pb.Task(kind=pb.Task.FINISH, message=self.stopping or "the run is over")
         rnd = self.round
         if rnd is None or rnd.closed or not rnd.is_selected(client_id):
             return None
         if client_id in rnd.accepted or client_id in rnd.dropped or client_id in rnd.assigned:
             return None
         rnd.assigned.add(client_id)
-        return pb.Task(kind=pb.Task.TRAIN, round=rnd.number, version=rnd.base_version, config=self._train_config(rnd))
+        return pb.Task(kind=pb.Task.TRAIN, round=rnd.number, version=rnd.base_version,
+                       config=self._train_config(rnd, client_id))
 
-    def _train_config(self, rnd: RoundState) -> pb.TrainConfig:
+    def _train_config(self, rnd: RoundState, client_id: str = "") -> pb.TrainConfig:
         c = self.config
         values = self.strategy.configure_client({
             "local_epochs": float(c.local_epochs if c.local_epochs is not None else self.task.defaults.local_epochs),
@@ -198,23 +230,24 @@ class Coordinator:
         })
         options = dict(c.train_options)
         options["seed"] = str(c.seed * 1_000_003 + rnd.number)
-        return pb.TrainConfig(local_epochs=int(values["local_epochs"]), batch_size=int(values["batch_size"]),
-                              learning_rate=values["learning_rate"], proximal_mu=values["proximal_mu"],
-                              clip_norm=values["clip_norm"], noise_multiplier=values["noise_multiplier"],
-                              options=options)
+        options.update(compression_options(c.upload_codec, c.topk_fraction, c.error_feedback, c.incremental_download))
+        config = pb.TrainConfig(local_epochs=int(values["local_epochs"]), batch_size=int(values["batch_size"]),
+                                learning_rate=values["learning_rate"], proximal_mu=values["proximal_mu"],
+                                clip_norm=values["clip_norm"], noise_multiplier=values["noise_multiplier"],
+                                options=options)
+        return apply_client_settings(config, c.client_settings.get(client_id))
 
     def open_download(self, session_id: str, version: int, have_version: int = 0) -> DownloadStream:
         with self.cond:
             session = self._session(session_id)
             if version != self.version:
                 raise errors.stale(f"version {version} is not served; the current global version is {self.version}")
-            key = (self.version, self.config.download_codec)
-            if key not in self._encoded:
-                self._encoded = {key: encode_state(self.global_state, self.config.download_codec)}
-            manifest, buffers = self._encoded[key]
+            served = self.publisher.serve(version, have_version)
+            manifest, buffers = served.manifest, served.buffers
             rnd = self.round
             session.held_version = version
-        header = pb.ModelHeader(version=version, manifest=manifest)
+        header = pb.ModelHeader(version=version, manifest=manifest, incremental=served.incremental,
+                                base_version=served.base_version, masked=self.publisher.masked)
         crc = Crc32()
 
         def chunks() -> Iterator[memoryview | bytes]:
@@ -246,9 +279,11 @@ class Coordinator:
                 raise errors.already_exists(f"client {client} already delivered its update for round {rnd.number}")
             if client in rnd.uploading:
                 raise errors.aborted(f"client {client} already has an upload in flight for round {rnd.number}")
-            if header.num_examples < 0:
-                raise errors.invalid(f"client {client} reported num_examples={header.num_examples}; must be >= 0")
-            allowed = {session.upload_codec, "raw"}
+            if not 0 <= header.num_examples <= session.num_examples:
+                raise errors.invalid(f"client {client} reported num_examples={header.num_examples} in its update; "
+                                     f"it joined with {session.num_examples}, the most an update may claim")
+            _check_update_fields(client, header)
+            allowed = accepted_codecs(session.upload_codec)
             try:
                 layout = check_manifest(header.manifest, self.reference, allowed, f"client {client}",
                                         self.max_update_bytes)
@@ -345,9 +380,14 @@ class Coordinator:
         attempt = 0
         while not self.finished:
             attempt += 1
-            needed = max(self.config.min_clients, 1)
+            needed = max(self.config.min_clients, self.config.clients_per_round, 1)
             if not self._wait_for_clients(needed):
+                if self.finished:
+                    return
                 raise RuntimeError(f"fewer than {needed} clients connected within {self.config.wait_for_clients:.0f} s")
+            self._wait_for_returning_clients()
+            if self._strategy_ends_run(number, attempt):
+                return
             with self.cond:
                 selected = self._sample(number, attempt)
                 streaming = self.strategy.streaming
@@ -358,12 +398,30 @@ class Coordinator:
                 self.cond.notify_all()
             log.info("round=%d attempt=%d started with %d client(s): %s", number, attempt, len(selected), ", ".join(selected))
             self._wait_round(rnd)
-            if len(rnd.accepted) >= self.config.min_clients:
-                self._close_round(rnd)
+            if self.stopping:
+                log.warning("round=%d attempt=%d abandoned (%s): %d update(s) discarded; a restart with the same "
+                            "run directory redoes this round", number, attempt, self.stopping, len(rnd.accepted))
+                self._discard(rnd)
                 return
-            log.warning("round=%d attempt=%d got %d update(s), fewer than min_clients=%d; retrying", number,
-                        attempt, len(rnd.accepted), self.config.min_clients)
+            if len(rnd.accepted) >= self.config.min_clients:
+                if self._close_round(rnd):
+                    return
+            else:
+                log.warning("round=%d attempt=%d got %d update(s), fewer than min_clients=%d; retrying", number,
+                            attempt, len(rnd.accepted), self.config.min_clients)
             self._discard(rnd)
+
+    def _strategy_ends_run(self, number: int, attempt: int) -> bool:
+        """Asks the strategy whether round `number` may start (DP: it would not pass --target-epsilon)."""
+        with self.cond:
+            reason = self.strategy.begin_round(number, len(self._sample(number, attempt)), len(self.sessions))
+            if reason:
+                self.strategy_stop = reason
+        if not reason:
+            return False
+        log.warning("round=%d not started: %s", number, reason)
+        self.finish()
+        return True
 
     def _wait_round(self, rnd: RoundState) -> None:
         with self.cond:
@@ -379,16 +437,44 @@ class Coordinator:
             while rnd.folding:
                 self.cond.wait(timeout=1.0)
 
+    def _wait_for_returning_clients(self) -> None:
+        """After a restart, waits (up to one round timeout) for the clients of the checkpointed run to rejoin,
+        so the resumed round samples from the same clients as an uninterrupted run would."""
+        if not self._returning:
+            return
+        deadline = time.monotonic() + min(self.config.round_timeout, self.config.wait_for_clients)
+        with self.cond:
+            while not self.finished and time.monotonic() < deadline:
+                missing = self._returning - set(self.sessions.client_ids())
+                if not missing:
+                    break
+                self._expire()
+                self.cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            missing = self._returning - set(self.sessions.client_ids())
+            self._returning = set()
+        if missing:
+            log.warning("resumed without %d client(s) of the previous run: %s", len(missing), ", ".join(sorted(missing)))
+
     def _discard(self, rnd: RoundState) -> None:
         with self.cond:
             for update in rnd.accepted.values():
                 update.delete()
             self.round = None
 
-    def _close_round(self, rnd: RoundState) -> None:
+    def _close_round(self, rnd: RoundState) -> bool:
+        """Aggregates, applies and checkpoints the round; False (nothing applied) when the updates cannot be
+        aggregated into a finite model, so the round is retried."""
         updates = [rnd.accepted[c] for c in sorted(rnd.accepted)]
-        delta = self.strategy.aggregate(RoundUpdates(self.global_state, updates, rnd.aggregator))
-        new_state = self.strategy.apply(self.global_state, delta)
+        seed_round(self.config.seed, rnd.number)
+        try:
+            delta = self.strategy.aggregate(RoundUpdates(self.global_state, updates, rnd.aggregator))
+            new_state = self.strategy.apply(self.global_state, delta)
+            check_finite(new_state, f"round {rnd.number}'s aggregate of {', '.join(sorted(rnd.accepted))}")
+        except ValueError as exc:
+            log.error("round=%d attempt=%d not applied: %s; the round is retried", rnd.number, rnd.attempt, exc)
+            return False
+        masks_changed = self.pruning.after_round(rnd.number, new_state)
+        published = self.publisher.prepare(self.version + 1, new_state, self.pruning.masked, masks_changed)
         evaluation = self.evaluate(new_state)
         infos = [u.info for u in updates if u.info is not None]
         weight = sum(i.num_examples for i in infos)
@@ -397,7 +483,7 @@ class Coordinator:
             self.global_state = OrderedDict((k, v.contiguous()) for k, v in new_state.items())
             self.version += 1
             self.completed_rounds = rnd.number
-            self._encoded = {}
+            self.publisher.commit(published, self.pruning.masked)
             self.round = None
             self.cond.notify_all()
         for update in updates:
@@ -407,19 +493,35 @@ class Coordinator:
             "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": evaluation["loss"],
             "eval_accuracy": evaluation["accuracy"], "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
             "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
-            **self.strategy.round_metrics(),
+            "accepted": sorted(rnd.accepted),
+            **self.strategy.round_metrics(), **self.pruning.metrics(self.global_state), **self.publisher.round_metrics(),
         }
         self.runlog.append(record)
+        with self.cond:
+            connected = self.sessions.client_ids()
         save_checkpoint(self.run_dir, Checkpoint(self.global_state, self.version, self.completed_rounds,
-                                                 self.strategy.state_dict()))
+                                                 self.strategy.state_dict(), {"clients": connected}))
         log.info("round=%d closed: %d update(s), eval accuracy %.4f, loss %.4f", rnd.number, len(updates),
                  evaluation["accuracy"], evaluation["loss"])
         if self.on_round is not None:
             self.on_round(record)
+        return True
 
     def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state, assign=True)
         return self.task.evaluate(self.model, self.task.test_data, torch.device("cpu"))
+
+    def stop(self, reason: str) -> None:
+        """Ends the run early (SIGTERM): the open round is abandoned and polling clients are told to finish.
+
+        The round loop notices, and its run() writes the final model once it is out of any round."""
+        with self.cond:
+            self.stopping = reason
+            self.finished = True
+            if self.round is not None:
+                self.round.closed = True
+            self.cond.notify_all()
+        log.warning("stopping: %s", reason)
 
     def finish(self) -> None:
         with self.cond:
@@ -436,6 +538,35 @@ class Coordinator:
             while len(self.sessions) and time.monotonic() < deadline:
                 self._expire()
                 self.cond.wait(timeout=0.2)
+
+
+MAX_METRICS = 64
+MAX_LABEL_CHARS = 128
+
+
+def _check_update_fields(client: str, header: pb.UpdateHeader) -> None:
+    """Bounds on the header's free-form fields, so a client cannot bloat the run log or poison its numbers."""
+    if len(header.upload_id) > MAX_LABEL_CHARS:
+        raise errors.invalid(f"client {client} sent a {len(header.upload_id)}-char upload_id; at most {MAX_LABEL_CHARS}")
+    if len(header.metrics) > MAX_METRICS:
+        raise errors.invalid(f"client {client} sent {len(header.metrics)} metrics; at most {MAX_METRICS}")
+    for key, value in header.metrics.items():
+        if len(key) > MAX_LABEL_CHARS or not math.isfinite(value):
+            raise errors.invalid(f"client {client} sent metric {key[:40]!r}={value}; names are at most "
+                                 f"{MAX_LABEL_CHARS} chars and values must be finite")
+
+
+def seed_round(seed: int, number: int) -> None:
+    """Seeds the server's global RNGs from (seed, round), so aggregation randomness is the same after a resume."""
+    value = seed * 1_000_003 + number
+    torch.manual_seed(value)
+    random.seed(value)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    for name, tensor in state.items():
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what} holds NaN or Inf in {name}; the global model was left unchanged")
 
 
 class _Duplicate(Exception):

@@ -37,6 +37,12 @@ class RoundState:
     def complete(self) -> bool:
         return not self.outstanding()
 
+    def rejoined(self, client_id: str) -> None:
+        """A selected client came back with a new session before delivering: it gets the round's task again."""
+        if client_id in self.selected and client_id not in self.accepted and client_id not in self.uploading:
+            self.assigned.discard(client_id)
+            self.dropped.pop(client_id, None)
+
     def drop(self, client_id: str, reason: str) -> None:
         if client_id in self.selected and client_id not in self.accepted:
             self.dropped[client_id] = reason

@@ -28,6 +28,18 @@ class RunLog:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
+    def truncate(self, completed_rounds: int) -> int:
+        """Drops records of rounds after the checkpoint (a crash between the record and the checkpoint leaves
+        one behind; the resumed run redoes that round and logs it again). Returns how many were dropped."""
+        records = self.records()
+        keep = [r for r in records if int(r.get("round", 0)) <= completed_rounds]
+        if len(keep) == len(records):
+            return 0
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.metrics_path)
+        return len(records) - len(keep)
+
     def write_model(self, state: Mapping[str, torch.Tensor]) -> Path:
         path = self.run_dir / "model.safetensors"
         tmp = path.with_name(".model.safetensors.tmp")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import grpc
 
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire import DataChunk, deserializer, serializer
+from fedstream.server.auth import Authenticator
 from fedstream.server.coordinator import Coordinator, Duplicate
 from fedstream.server.errors import Refusal, invalid
 
@@ -17,25 +19,50 @@ log = logging.getLogger("fedstream.server")
 
 
 class CoordinatorServicer:
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, auth: Authenticator | None = None) -> None:
         self.coordinator = coordinator
+        self.auth = auth or Authenticator()
+
+    def _bound(self, context: grpc.ServicerContext, session_id: str) -> None:
+        """With mTLS, a session may only be used over a connection whose certificate names its client."""
+        if self.auth.require_certificate:
+            self.auth.check_peer(context, self.coordinator.client_of(session_id))
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
-        return _call(context, lambda: self.coordinator.join(request))
+        def join() -> pb.JoinReply:
+            self.auth.check_join(context, request.client_id, request.token)
+            return self.coordinator.join(request)
+
+        return _call(context, join)
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
-        return _call(context, lambda: self.coordinator.next_task(request.session_id, request.wait_ms / 1000.0))
+        def task() -> pb.Task:
+            self._bound(context, request.session_id)
+            return self.coordinator.next_task(request.session_id, request.wait_ms / 1000.0)
+
+        return _call(context, task)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
-        return _call(context, lambda: self.coordinator.heartbeat(request.session_id))
+        def beat() -> pb.HeartbeatReply:
+            self._bound(context, request.session_id)
+            return self.coordinator.heartbeat(request.session_id)
+
+        return _call(context, beat)
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
-        self.coordinator.leave(request.session_id, request.reason)
-        return pb.LeaveReply()
+        def leave() -> pb.LeaveReply:
+            self._bound(context, request.session_id)
+            self.coordinator.leave(request.session_id, request.reason[:200])
+            return pb.LeaveReply()
+
+        return _call(context, leave)
 
     def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk | DataChunk]:
-        stream = _call(context, lambda: self.coordinator.open_download(request.session_id, request.version,
-                                                                       request.have_version))
+        def open_download():
+            self._bound(context, request.session_id)
+            return self.coordinator.open_download(request.session_id, request.version, request.have_version)
+
+        stream = _call(context, open_download)
         yield pb.ModelChunk(header=stream.header)
         for piece in stream.chunks:
             yield DataChunk(memoryview(piece))
@@ -44,29 +71,41 @@ class CoordinatorServicer:
     def UploadUpdate(self, requests: Iterator[pb.UpdateChunk | DataChunk], context: grpc.ServicerContext) -> pb.UploadReply:
         first = next(requests, None)
         if not isinstance(first, pb.UpdateChunk) or first.WhichOneof("part") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload must start with an UpdateHeader message")
+            what = first.error if isinstance(first, Malformed) else type(first).__name__
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"an upload must start with an UpdateHeader message; got {what}")
         try:
+            self._bound(context, first.header.session_id)
             sink = self.coordinator.begin_upload(first.header)
         except Duplicate:
             return pb.UploadReply(accepted=True, duplicate=True, message="already accepted; counted once")
         except Refusal as refusal:
             context.abort(refusal.code, refusal.message)
         finished = False
+        trailer: pb.Trailer | None = None
         try:
             for message in requests:
+                if trailer is not None:
+                    raise invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
                     sink.write(message.data)
                     continue
+                if isinstance(message, Malformed):
+                    raise invalid(f"client {sink.client_id} sent an undecodable upload message ({message.error}); "
+                                  "nothing was aggregated")
                 part = message.WhichOneof("part")
                 if part == "data":
                     sink.write(message.data)
-                elif part == "trailer" and not finished:
-                    finished = True
-                    self.coordinator.finish_upload(sink, message.trailer)
+                elif part == "trailer":
+                    trailer = message.trailer
                 else:
-                    raise invalid(f"unexpected {part or 'empty'} message in the middle of an upload")
-            if not finished:
-                raise invalid("the upload ended without a trailer; nothing was aggregated")
+                    raise invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
+                                  "in the middle of an upload; nothing was aggregated")
+            if trailer is None:
+                why = "the connection closed mid-stream" if not context.is_active() else "the client half-closed early"
+                raise invalid(f"client {sink.client_id}'s upload ended without a trailer ({why}); "
+                              "nothing was aggregated")
+            finished = True
+            self.coordinator.finish_upload(sink, trailer)
         except Refusal as refusal:
             if not finished:
                 self.coordinator.abort_upload(sink, refusal.message)
@@ -85,20 +124,46 @@ def _call(context: grpc.ServicerContext, fn):
         context.abort(refusal.code, refusal.message)
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes do not parse as the method's message (answered INVALID_ARGUMENT, not INTERNAL)."""
+
+    error: str
+
+
+def _lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    def parse_or_flag(raw: bytes) -> object:
+        try:
+            return parse(raw)
+        except Exception as exc:  # protobuf's DecodeError, bad UTF-8 in a string field, ...
+            return Malformed(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    return parse_or_flag
+
+
+def _checked(method: Callable) -> Callable:
+    def handle(request: object, context: grpc.ServicerContext):
+        if isinstance(request, Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({request.error})")
+        return method(request, context)
+
+    return handle
+
+
 def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
     """Method handlers; the two model-carrying streams use the zero-copy chunk (de)serialisers."""
     handlers = {
         "Join": grpc.unary_unary_rpc_method_handler(
-            servicer.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString),
+            _checked(servicer.Join), _lenient(pb.JoinRequest.FromString), pb.JoinReply.SerializeToString),
         "GetTask": grpc.unary_unary_rpc_method_handler(
-            servicer.GetTask, pb.TaskRequest.FromString, pb.Task.SerializeToString),
+            _checked(servicer.GetTask), _lenient(pb.TaskRequest.FromString), pb.Task.SerializeToString),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            servicer.Heartbeat, pb.HeartbeatRequest.FromString, pb.HeartbeatReply.SerializeToString),
+            _checked(servicer.Heartbeat), _lenient(pb.HeartbeatRequest.FromString), pb.HeartbeatReply.SerializeToString),
         "Leave": grpc.unary_unary_rpc_method_handler(
-            servicer.Leave, pb.LeaveRequest.FromString, pb.LeaveReply.SerializeToString),
+            _checked(servicer.Leave), _lenient(pb.LeaveRequest.FromString), pb.LeaveReply.SerializeToString),
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
-            servicer.DownloadModel, pb.DownloadRequest.FromString, serializer),
+            _checked(servicer.DownloadModel), _lenient(pb.DownloadRequest.FromString), serializer),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
-            servicer.UploadUpdate, deserializer(pb.UpdateChunk), pb.UploadReply.SerializeToString),
+            servicer.UploadUpdate, _lenient(deserializer(pb.UpdateChunk)), pb.UploadReply.SerializeToString),
     }
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

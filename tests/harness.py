@@ -45,6 +45,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+def security_flags(args: tuple[str, ...]) -> list[str]:
+    """Plaintext on loopback unless the test passes its own --tls-dir (the CLI requires one or the other)."""
+    return [] if "--tls-dir" in args or "--insecure" in args else ["--insecure"]
+
+
 def start_server(run_dir: Path, *args: str, timeout: float = 60.0, name: str = "server") -> ServerProcess:
     run_dir.mkdir(parents=True, exist_ok=True)
     port_file = run_dir.parent / f"{run_dir.name}.{name}.port"
@@ -53,7 +58,7 @@ def start_server(run_dir: Path, *args: str, timeout: float = 60.0, name: str = "
     with open(log_path, "a") as log:
         process = subprocess.Popen(
             FEDSTREAM + ["server", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--run-dir", str(run_dir),
-                         *args], stdout=log, stderr=subprocess.STDOUT, env=env())
+                         *security_flags(args), *args], stdout=log, stderr=subprocess.STDOUT, env=env())
     deadline = time.monotonic() + timeout
     while not (port_file.exists() and port_file.read_text().strip()):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -66,7 +71,8 @@ def start_server(run_dir: Path, *args: str, timeout: float = 60.0, name: str = "
 def start_client(server: ServerProcess, *args: str, log_name: str | None = None) -> subprocess.Popen:
     log_path = server.run_dir.parent / f"{server.run_dir.name}.{log_name or 'client' + str(len(server.clients))}.log"
     with open(log_path, "a") as log:
-        process = subprocess.Popen(FEDSTREAM + ["client", "--server", server.address, "--connect-timeout", "60", *args],
+        process = subprocess.Popen(FEDSTREAM + ["client", "--server", server.address, "--connect-timeout", "60",
+                                                *security_flags(args), *args],
                                    stdout=log, stderr=subprocess.STDOUT, env=env())
     server.clients.append(process)
     return process

@@ -80,6 +80,10 @@ class Strategy:
         """Multiplier on an update before it is folded (clipping uses it); 1 by default."""
         return 1.0
 
+    def begin_round(self, number: int, sampled: int, population: int) -> str | None:
+        """Called when `sampled` of `population` connected clients are picked; a returned reason ends the run."""
+        return None
+
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
         """Training settings sent to clients with each task (FedProx adds its μ here)."""
         return config

@@ -1,0 +1,119 @@
+"""Transport security flags shared by `fedstream server` and `fedstream client`: TLS, mTLS, tokens, --insecure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedstream.cli.options import positive_float, positive_int
+
+CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
+          "network you trust)")
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def add_server_security_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security and limits")
+    g.add_argument("--tls-dir", type=Path, default=None,
+                   help="serve TLS with ca.pem, server.pem, server.key from this directory; clients must present a "
+                        "certificate signed by ca.pem naming their client id (mutual TLS)")
+    g.add_argument("--no-client-certs", action="store_true",
+                   help="with --tls-dir: do not require client certificates (then use --token-secret-file)")
+    g.add_argument("--token-secret-file", type=Path, default=None,
+                   help="require per-client tokens HMAC(secret, client id); fedstream certs --tokens writes the secret")
+    g.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no client authentication")
+    g.add_argument("--max-sessions", type=positive_int, default=10_000, help="most clients connected at once")
+    g.add_argument("--session-timeout", type=positive_float, default=30.0,
+                   help="seconds without contact before a client's session expires")
+    g.add_argument("--heartbeat-seconds", type=positive_int, default=5, help="how often clients send heartbeats")
+
+
+def add_client_security_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security")
+    g.add_argument("--tls-dir", type=Path, default=None,
+                   help="connect with TLS: reads ca.pem and this client's ID.pem/ID.key from this directory")
+    g.add_argument("--server-name", default=None,
+                   help="name in the server certificate, when it differs from the host in --server")
+    g.add_argument("--token", default="", help="this client's token (see fedstream certs --tokens)")
+    g.add_argument("--token-file", type=Path, default=None, help="read the token from this file (ID.token)")
+    g.add_argument("--insecure", action="store_true", help="connect in plaintext (no TLS)")
+    g.add_argument("--upload-chunk-delay", type=non_negative_float, default=0.0, help=argparse.SUPPRESS)
+
+
+@dataclass
+class ServerSecurity:
+    credentials: object | None
+    auth: object
+
+
+def server_security(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerSecurity:
+    """Credentials and the authenticator for the flags; exits with a usage error when they do not fit together."""
+    from fedstream.common.tls import server_credentials
+    from fedstream.server.auth import Authenticator, load_secret
+
+    if bool(args.tls_dir) == bool(args.insecure):
+        parser.error(CHOOSE if not args.tls_dir else "--tls-dir and --insecure exclude each other")
+    if args.no_client_certs and not args.tls_dir:
+        parser.error("--no-client-certs only applies with --tls-dir")
+    secret = None
+    if args.token_secret_file is not None:
+        try:
+            secret = load_secret(args.token_secret_file)
+        except ValueError as exc:
+            parser.error(f"--token-secret-file: {exc}")
+    log = logging.getLogger("fedstream.server")
+    if args.insecure:
+        log.warning("--insecure: serving plaintext gRPC; %s", "clients must present tokens, which travel unencrypted"
+                    if secret else "any process that can reach the port can join as any client id")
+        return ServerSecurity(None, Authenticator(False, secret))
+    try:
+        credentials = server_credentials(args.tls_dir, require_client_certificates=not args.no_client_certs)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.no_client_certs and secret is None:
+        log.warning("--no-client-certs without --token-secret-file: the channel is encrypted but any client id is "
+                    "accepted")
+    return ServerSecurity(credentials, Authenticator(not args.no_client_certs, secret))
+
+
+@dataclass
+class ClientSecurity:
+    credentials: object | None
+    server_name: str | None
+    token: str
+
+
+def client_security(args: argparse.Namespace, parser: argparse.ArgumentParser, client_id: str) -> ClientSecurity:
+    from fedstream.common.tls import client_credentials
+
+    if bool(args.tls_dir) == bool(args.insecure):
+        parser.error(CHOOSE if not args.tls_dir else "--tls-dir and --insecure exclude each other")
+    token = args.token
+    if args.token_file is not None:
+        if token:
+            parser.error("give --token or --token-file, not both")
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--token-file {args.token_file}: {exc.strerror}")
+    if args.insecure:
+        logging.getLogger("fedstream.client").warning("client=%s --insecure: connecting in plaintext; the server is "
+                                                      "not verified%s", client_id,
+                                                      " and the token travels unencrypted" if token else "")
+        return ClientSecurity(None, None, token)
+    try:
+        credentials = client_credentials(args.tls_dir, client_id)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return ClientSecurity(credentials, args.server_name, token)

@@ -1,0 +1,41 @@
+"""The digits task on a device of fixed speed: every training step takes `step_ms` longer (a sleep in forward).
+
+Training on digits takes milliseconds, which the noise of a shared machine swamps; pacing each step makes
+"a client 5× slower" (--slowdown 5) mean seconds, not jitter. Evaluation is not paced. Use it as
+`--task experiments.paced_task:make_task --task-option step_ms=40` on the server and on every client.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from fedstream.common.tasks import Task
+from fedstream.common.tasks.digits import make_task as make_digits
+
+
+class PacedModel(nn.Module):
+    """Wraps a model; each forward pass in training mode first sleeps `step_seconds`."""
+
+    def __init__(self, inner: nn.Module, step_seconds: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.step_seconds = step_seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.step_seconds > 0:
+            time.sleep(self.step_seconds)
+        return self.inner(x)
+
+
+def make_task(options: dict[str, str]) -> Task:
+    step_seconds = float(options.get("step_ms", 40)) / 1000
+    if step_seconds < 0:
+        raise ValueError(f"step_ms must be >= 0, got {options['step_ms']}")
+    task = make_digits(options)
+    make_inner = task.make_model
+    task.make_model = lambda: PacedModel(make_inner(), step_seconds)
+    task.name = "digits-paced"
+    return task

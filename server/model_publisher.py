@@ -1,0 +1,143 @@
+"""What DownloadModel sends: the full global model, or only its difference from the version a client holds.
+
+With incremental downloads on, the server tracks the *served* model B: the exact tensors every client that
+follows the versions holds. Closing version V, it encodes D = S_V − B_{V−1} (S is the aggregated model) with the
+download codec and sets B_V = B_{V−1} + decode(D), the same float additions a client performs. Clients holding
+V−1 get D; anyone else gets B_V in full, losslessly. A lossy codec's error therefore never accumulates across
+versions (what one difference drops, the next one carries: error feedback on the downlink), and memory stays
+O(model): B, one encoded difference, and no older version. A version whose masks changed (a pruning step) is
+served in full only, so that every client derives its masks from exact zeros.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from fedstream.common.codec import get_codec
+from fedstream.common.codec_plan import chooser, encode_tensors, lossless_variant
+from fedstream.common.manifest import layout_of
+from fedstream.common.proto import coordinator_pb2 as pb
+
+State = "OrderedDict[str, torch.Tensor]"
+
+
+@dataclass
+class Served:
+    """One download's content: what the header says and the buffers that follow it."""
+
+    manifest: pb.Manifest
+    buffers: list
+    incremental: bool = False
+    base_version: int = 0
+
+
+@dataclass
+class _Prepared:
+    version: int
+    served_state: Mapping[str, torch.Tensor]
+    diff: Served | None
+
+
+def _decoded(served: Served) -> dict[str, torch.Tensor]:
+    """The tensors a client reconstructs from an encoding (decoded from the very bytes sent)."""
+    out = {}
+    for item, data in zip(layout_of(served.manifest), served.buffers):
+        out[item.name] = get_codec(item.codec).decode(bytearray(data), item.dtype, item.shape)
+    return out
+
+
+class ModelPublisher:
+    def __init__(self, codec: str, incremental: bool = False, topk_fraction: float | None = None) -> None:
+        self.codec = codec
+        self.incremental = incremental
+        self.topk_fraction = topk_fraction
+        self.diff_codec = "sparse" if codec == "raw" else codec
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._served: Mapping[str, torch.Tensor] | None = None
+        self._masked: list[str] = []
+        self._full: Served | None = None
+        self._diff: Served | None = None
+        self.counts = {"full": 0, "incremental": 0}
+
+    def prepare(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str],
+                masks_changed: bool) -> _Prepared:
+        """Encodes the difference to the previous served version (outside the coordinator's lock)."""
+        previous = self._served
+        if (not self.incremental or previous is None or masks_changed or self._version != version - 1
+                or version - 1 == 0):  # a client cannot announce version 0 (have_version 0 means none)
+            return _Prepared(version, state, None)
+        diff = OrderedDict((name, state[name] - previous[name]) for name in state)
+        manifest, buffers = encode_tensors(diff, chooser(self.diff_codec, masked, self.topk_fraction))
+        encoded = Served(manifest, buffers, incremental=True, base_version=version - 1)
+        exact = all(get_codec(spec.codec).lossless for spec in manifest.tensors)
+        sent = diff if exact else _decoded(encoded)
+        served = OrderedDict((name, torch.add(previous[name], sent[name])) for name in state)
+        return _Prepared(version, served, encoded)
+
+    def commit(self, prepared: _Prepared, masked: list[str]) -> None:
+        """Makes the prepared version the one served (call it when the coordinator publishes the version)."""
+        with self._lock:
+            self._version = prepared.version
+            self._served = prepared.served_state
+            self._masked = list(masked)
+            self._diff = prepared.diff
+            self._full = None
+
+    def publish(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str] = (),
+                masks_changed: bool = False) -> None:
+        self.commit(self.prepare(version, state, list(masked), masks_changed), list(masked))
+
+    @property
+    def masked(self) -> list[str]:
+        return self._masked
+
+    @property
+    def served_state(self) -> Mapping[str, torch.Tensor] | None:
+        return self._served
+
+    def serve(self, version: int, have_version: int) -> Served:
+        """The difference when the client holds the previous version, the full model otherwise."""
+        with self._lock:
+            if version != self._version:
+                raise ValueError(f"version {version} is not published; the publisher holds {self._version}")
+            diff = self._diff
+            if diff is not None and have_version and have_version == diff.base_version:  # 0 means "holds none"
+                self.counts["incremental"] += 1
+                return diff
+            if self._full is None:
+                codec = lossless_variant(self.codec) if self.incremental else self.codec
+                choose = chooser(codec, self._masked, self.topk_fraction)
+                if self._masked:
+                    choose = _sparse_for_masked(choose, set(self._masked))
+                self._full = Served(*encode_tensors(self._served, choose))
+            self.counts["full"] += 1
+            return self._full
+
+    def take_counts(self) -> dict[str, int]:
+        """Downloads served since the last call, by kind."""
+        with self._lock:
+            counts, self.counts = self.counts, {"full": 0, "incremental": 0}
+        return counts
+
+    def round_metrics(self) -> dict[str, int]:
+        """For the round's record: how many of its downloads were full and how many differences."""
+        if not self.incremental:
+            return {}
+        counts = self.take_counts()
+        return {"downloads_full": counts["full"], "downloads_incremental": counts["incremental"]}
+
+
+def _sparse_for_masked(choose, masked: set[str]):
+    """Full downloads send pruned tensors as exact sparse values: clients read their masks from the zeros."""
+    exact = get_codec("sparse")
+
+    def pick(name: str, tensor: torch.Tensor):
+        return exact if name in masked and tensor.dtype.is_floating_point else choose(name, tensor)
+
+    return pick
