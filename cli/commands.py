@@ -219,6 +219,12 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as exc:
         parser.error(f"--task: {exc}")
     client_id = args.client_id or f"client-{partition[0]}"
+    from fedstream.client.device import resolve_device
+
+    try:
+        resolve_device(args.device)  # flag errors first, before the question of transport security
+    except ValueError as exc:
+        parser.error(str(exc))
     security = client_security(args, parser, client_id)
     config = ClientConfig(server=args.server, client_id=client_id, partition=partition,
                           partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,

@@ -8,18 +8,14 @@ one float copy of the model, kept only for tensors that travel in a lossy codec.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
-from fedstream.common.codec_plan import Chooser
+from fedstream.common.codec_plan import Chooser, manifest_of, tensor_spec
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.tensors import dtype_name
-
-log = logging.getLogger("fedstream.client")
 
 
 @dataclass
@@ -40,7 +36,6 @@ class ErrorFeedback:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.residual: OrderedDict[str, torch.Tensor] = OrderedDict()
-
         self.run_id = ""
 
     def reset(self) -> None:
@@ -56,7 +51,7 @@ class ErrorFeedback:
                masks: Mapping[str, torch.Tensor] | None = None) -> EncodedUpdate:
         """Encodes delta + residual tensor by tensor; overwrites delta's lossy tensors with their new residual."""
         masks = masks or {}
-        specs, buffers, residual, total = [], [], OrderedDict(), 0
+        specs, buffers, residual = [], [], OrderedDict()
         for name, tensor in delta.items():
             codec = choose(name, tensor)
             lossy = tensor.dtype.is_floating_point and not codec.lossless and self.enabled
@@ -65,16 +60,13 @@ class ErrorFeedback:
             if name in masks:
                 tensor.masked_fill_(~masks[name], 0)
             data = codec.encode(tensor)
-            nbytes = data.nbytes if isinstance(data, memoryview) else len(data)
             if lossy:
                 sent = codec.decode(bytearray(data), tensor.dtype, tuple(tensor.shape))
                 aliased = isinstance(data, memoryview)  # a view may share the delta's storage: keep it intact
                 residual[name] = tensor - sent if aliased else tensor.sub_(sent)
-            specs.append(pb.TensorSpec(name=name, dtype=dtype_name(tensor.dtype), shape=list(tensor.shape),
-                                       codec=codec.name, byte_length=nbytes))
+            specs.append(tensor_spec(name, tensor, codec, data))
             buffers.append(data)
-            total += nbytes
-        return EncodedUpdate(pb.Manifest(tensors=specs, total_bytes=total), buffers, residual)
+        return EncodedUpdate(manifest_of(specs), buffers, residual)
 
     def commit(self, update: EncodedUpdate) -> None:
         """The server accepted the upload: its residual becomes the one added next round."""

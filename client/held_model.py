@@ -44,7 +44,10 @@ class HeldModel:
         if set(diff) != set(self.state):
             raise IncrementalMismatch(f"the difference names {len(diff)} tensors; the held model has {len(self.state)}")
         for name, tensor in self.state.items():
-            tensor.add_(diff[name])
+            if tensor.dtype.is_floating_point:
+                tensor.add_(diff[name])
+            else:
+                tensor.copy_(diff[name])  # integer and boolean tensors travel as their new value
         self.version = version
         return self.state
 

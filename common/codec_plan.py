@@ -66,18 +66,26 @@ def chooser(codec: str, masked: Iterable[str] = (), topk_fraction: float | None 
     return choose
 
 
+def tensor_spec(name: str, tensor: torch.Tensor, codec: Codec, data: memoryview | bytes | bytearray) -> pb.TensorSpec:
+    """The manifest entry of one encoded tensor."""
+    nbytes = data.nbytes if isinstance(data, memoryview) else len(data)
+    return pb.TensorSpec(name=name, dtype=dtype_name(tensor.dtype), shape=list(tensor.shape), codec=codec.name,
+                         byte_length=nbytes)
+
+
+def manifest_of(specs: list[pb.TensorSpec]) -> pb.Manifest:
+    return pb.Manifest(tensors=specs, total_bytes=sum(spec.byte_length for spec in specs))
+
+
 def encode_tensors(state: Mapping[str, torch.Tensor], choose: Chooser) -> tuple[pb.Manifest, list]:
     """Manifest and per-tensor encoded buffers, each tensor in the codec `choose` names for it."""
-    specs, buffers, total = [], [], 0
+    specs, buffers = [], []
     for name, tensor in state.items():
         codec = choose(name, tensor)
         data = codec.encode(tensor)
-        nbytes = data.nbytes if isinstance(data, memoryview) else len(data)
-        specs.append(pb.TensorSpec(name=name, dtype=dtype_name(tensor.dtype), shape=list(tensor.shape),
-                                   codec=codec.name, byte_length=nbytes))
+        specs.append(tensor_spec(name, tensor, codec, data))
         buffers.append(data)
-        total += nbytes
-    return pb.Manifest(tensors=specs, total_bytes=total), buffers
+    return manifest_of(specs), buffers
 
 
 def topk_fraction_of(options: Mapping[str, str]) -> float:

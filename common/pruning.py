@@ -14,8 +14,6 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-Masks = "OrderedDict[str, torch.Tensor]"
-
 
 def _state_of(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     if isinstance(model_or_state, nn.Module):

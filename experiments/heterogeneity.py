@@ -120,14 +120,31 @@ def run_once(mode: Mode, seed: int, work: Path, step_ms: float, window: float) -
         run.load = (load_before, os.getloadavg()[0])
         return run
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        for p in [server, *clients]:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(server, clients)
+
+
+def _stop(server: subprocess.Popen, clients: list[subprocess.Popen]) -> None:
+    """SIGTERM to the server (it tells polling clients to finish); clients still busy after a grace period are
+    terminated, since a client whose server is gone keeps retrying."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 5
+    for p in clients:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+    for p in clients:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _all_joined(server_log: Path, deadline: float) -> float:

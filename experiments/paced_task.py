@@ -1,7 +1,9 @@
 """The digits task on a device of fixed speed: every training step takes `step_ms` longer (a sleep in forward).
 
 Training on digits takes milliseconds, which the noise of a shared machine swamps; pacing each step makes
-"a client 5× slower" (--slowdown 5) mean seconds, not jitter. Evaluation is not paced. Use it as
+"a client 5× slower" (--slowdown 5) mean seconds, not jitter. Evaluation is not paced. Loading the task also
+runs one small unpaced training pass, so torch's first-use costs (seconds per process on a busy machine) are
+paid before the client joins instead of inside its first round. Use it as
 `--task experiments.paced_task:make_task --task-option step_ms=40` on the server and on every client.
 """
 
@@ -12,7 +14,9 @@ import time
 import torch
 from torch import nn
 
-from fedstream.common.tasks import Task
+from torch.utils.data import TensorDataset
+
+from fedstream.common.tasks import Task, TrainSettings
 from fedstream.common.tasks.digits import make_task as make_digits
 
 
@@ -36,6 +40,9 @@ def make_task(options: dict[str, str]) -> Task:
         raise ValueError(f"step_ms must be >= 0, got {options['step_ms']}")
     task = make_digits(options)
     make_inner = task.make_model
+    warm = TensorDataset(*(t[:64] for t in task.train_data.tensors))
+    task.train(make_inner(), warm, TrainSettings(local_epochs=1, batch_size=32), torch.device("cpu"),
+               torch.Generator().manual_seed(0))
     task.make_model = lambda: PacedModel(make_inner(), step_seconds)
     task.name = "digits-paced"
     return task

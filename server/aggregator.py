@@ -28,11 +28,20 @@ class NonFiniteUpdateError(ValueError):
 
 
 def inspect_update(update: SpooledUpdate) -> float:
-    """Squared L2 norm of a spooled update's floating tensors; raises NonFiniteUpdateError on NaN or Inf."""
-    total = 0.0
-    for item, start, values in update.pieces():
-        if not item.dtype.is_floating_point:
-            continue
+    """Squared L2 norm of a spooled update's floating tensors; raises NonFiniteUpdateError on NaN or Inf.
+
+    Tensors the spool writer already inspected while they streamed are not read again.
+    """
+    seen = update.inspection
+    if seen is not None and seen.nonfinite is not None:
+        raise NonFiniteUpdateError(
+            f"tensor {seen.nonfinite.name} holds NaN or Inf (at or after element {seen.nonfinite.element})")
+    total = seen.sq_norm if seen is not None else 0.0
+    rest = {item.name for item in update.layout if item.dtype.is_floating_point
+            and (seen is None or item.name not in seen.covered)}
+    if not rest:
+        return total
+    for item, start, values in update.pieces(only=rest):
         sq = float(torch.sum(torch.square(values.to(torch.float64))))
         if not math.isfinite(sq):
             raise NonFiniteUpdateError(f"tensor {item.name} holds NaN or Inf (at or after element {start})")

@@ -2,7 +2,8 @@
 
 With incremental downloads on, the server tracks the *served* model B: the exact tensors every client that
 follows the versions holds. Closing version V, it encodes D = S_V − B_{V−1} (S is the aggregated model) with the
-download codec and sets B_V = B_{V−1} + decode(D), the same float additions a client performs. Clients holding
+download codec and sets B_V = B_{V−1} + decode(D), the same float additions a client performs (integer and
+boolean tensors carry their new value instead of a difference). Clients holding
 V−1 get D; anyone else gets B_V in full, losslessly. A lossy codec's error therefore never accumulates across
 versions (what one difference drops, the next one carries: error feedback on the downlink), and memory stays
 O(model): B, one encoded difference, and no older version. A version whose masks changed (a pruning step) is
@@ -18,12 +19,9 @@ from typing import Mapping
 
 import torch
 
-from fedstream.common.codec import get_codec
-from fedstream.common.codec_plan import chooser, encode_tensors, lossless_variant
-from fedstream.common.manifest import layout_of
+from fedstream.common.codec import RAW, get_codec
+from fedstream.common.codec_plan import chooser, encode_tensors, lossless_variant, manifest_of, tensor_spec
 from fedstream.common.proto import coordinator_pb2 as pb
-
-State = "OrderedDict[str, torch.Tensor]"
 
 
 @dataclass
@@ -41,14 +39,6 @@ class _Prepared:
     version: int
     served_state: Mapping[str, torch.Tensor]
     diff: Served | None
-
-
-def _decoded(served: Served) -> dict[str, torch.Tensor]:
-    """The tensors a client reconstructs from an encoding (decoded from the very bytes sent)."""
-    out = {}
-    for item, data in zip(layout_of(served.manifest), served.buffers):
-        out[item.name] = get_codec(item.codec).decode(bytearray(data), item.dtype, item.shape)
-    return out
 
 
 class ModelPublisher:
@@ -72,13 +62,23 @@ class ModelPublisher:
         if (not self.incremental or previous is None or masks_changed or self._version != version - 1
                 or version - 1 == 0):  # a client cannot announce version 0 (have_version 0 means none)
             return _Prepared(version, state, None)
-        diff = OrderedDict((name, state[name] - previous[name]) for name in state)
-        manifest, buffers = encode_tensors(diff, chooser(self.diff_codec, masked, self.topk_fraction))
-        encoded = Served(manifest, buffers, incremental=True, base_version=version - 1)
-        exact = all(get_codec(spec.codec).lossless for spec in manifest.tensors)
-        sent = diff if exact else _decoded(encoded)
-        served = OrderedDict((name, torch.add(previous[name], sent[name])) for name in state)
-        return _Prepared(version, served, encoded)
+        choose = chooser(self.diff_codec, masked, self.topk_fraction)
+        specs, buffers, served = [], [], OrderedDict()
+        for name, new in state.items():  # one tensor at a time: peak memory is B, the new B and one difference
+            if new.dtype.is_floating_point:
+                diff = new - previous[name]
+                codec = choose(name, diff)
+                data = codec.encode(diff)
+                sent = diff if codec.lossless else codec.decode(bytearray(data), diff.dtype, tuple(diff.shape))
+                served[name] = torch.add(previous[name], sent)
+            else:
+                codec, diff = RAW, new
+                data = codec.encode(new)
+                served[name] = new
+            specs.append(tensor_spec(name, diff, codec, data))
+            buffers.append(data)
+        return _Prepared(version, served, Served(manifest_of(specs), buffers, incremental=True,
+                                                 base_version=version - 1))
 
     def commit(self, prepared: _Prepared, masked: list[str]) -> None:
         """Makes the prepared version the one served (call it when the coordinator publishes the version)."""
@@ -89,9 +89,10 @@ class ModelPublisher:
             self._diff = prepared.diff
             self._full = None
 
-    def publish(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str] = (),
+    def publish(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str] | None = None,
                 masks_changed: bool = False) -> None:
-        self.commit(self.prepare(version, state, list(masked), masks_changed), list(masked))
+        """prepare + commit, for callers that hold no lock of their own (start-up, tests)."""
+        self.commit(self.prepare(version, state, masked or [], masks_changed), masked or [])
 
     @property
     def masked(self) -> list[str]:

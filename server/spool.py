@@ -19,6 +19,7 @@ from fedstream.common.codec import CodecError, get_codec
 from fedstream.common.manifest import TensorLayout
 from fedstream.common.tensors import from_bytes, numel_of
 from fedstream.common.wire import Crc32
+from fedstream.server.inspection import StreamInspection
 
 READ_SLICE_BYTES = 8 << 20
 
@@ -51,6 +52,7 @@ class SpoolWriter:
         self.layout = layout
         self.total_bytes = total_bytes
         self.crc = Crc32()
+        self.inspection = StreamInspection(layout)
         self._file = open(self.path, "wb", buffering=0)
 
     def write(self, data: memoryview | bytes) -> None:
@@ -58,6 +60,7 @@ class SpoolWriter:
             raise SpoolError(
                 f"stream carries more than the {self.total_bytes} bytes its manifest announced"
             )
+        self.inspection.feed(self.crc.nbytes, data)
         self.crc.update(data)
         view = memoryview(data)
         while view:
@@ -77,7 +80,7 @@ class SpoolWriter:
             raise StreamIntegrityError(
                 f"checksum mismatch: trailer says crc32={crc32:#010x}, received bytes give {self.crc.value:#010x}"
             )
-        return SpooledUpdate(self.path, self.layout)
+        return SpooledUpdate(self.path, self.layout, self.inspection)
 
     def discard(self) -> None:
         if not self._file.closed:
@@ -88,22 +91,18 @@ class SpoolWriter:
 class SpooledUpdate:
     """A validated update on disk; tensors are decoded on demand, one slice or tensor at a time."""
 
-    def __init__(self, path: Path, layout: list[TensorLayout]) -> None:
+    def __init__(self, path: Path, layout: list[TensorLayout], inspection: "StreamInspection | None" = None) -> None:
         self.path = path
         self.layout = layout
         self.by_name = {item.name: item for item in layout}
         self.info: UpdateInfo | None = None
+        self.inspection = inspection
 
     def _read(self, offset: int, nbytes: int) -> bytearray:
         buf = bytearray(nbytes)
         with open(self.path, "rb", buffering=0) as f:
             f.seek(offset)
-            view, got = memoryview(buf), 0
-            while got < nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    raise SpoolError(f"spool file {self.path} is shorter than its manifest")
-                got += n
+            _read_exactly(f, memoryview(buf), self.path)
         return buf
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -114,31 +113,38 @@ class SpooledUpdate:
         except CodecError as exc:
             raise SpoolError(f"tensor {name}: {exc}") from None
 
-    def pieces(self, slice_bytes: int = READ_SLICE_BYTES) -> Iterator[tuple[TensorLayout, int, torch.Tensor]]:
-        """(tensor, first element, flat values) covering every tensor: raw tensors in slices, others whole."""
-        for item in self.layout:
-            if item.codec == "raw" and item.nbytes > slice_bytes:
-                yield from self._raw_slices(item, slice_bytes)
-            else:
-                yield item, 0, self.tensor(item.name).reshape(-1)
+    def pieces(self, slice_bytes: int = READ_SLICE_BYTES,
+               only: set[str] | None = None) -> Iterator[tuple[TensorLayout, int, torch.Tensor]]:
+        """(tensor, first element, flat values) covering every tensor (or those named in only): raw tensors in
+        slices of at most slice_bytes, others decoded whole.
 
-    def _raw_slices(self, item: TensorLayout, slice_bytes: int) -> Iterator[tuple[TensorLayout, int, torch.Tensor]]:
-        itemsize = torch.empty((), dtype=item.dtype).element_size()
-        step = max(1, slice_bytes // itemsize)
-        numel = numel_of(item.shape)
+        One file handle and one read buffer serve the whole pass: a raw slice is a view into that buffer, valid
+        until the next item is requested (clone it to keep it).
+        """
+        raw = [item for item in self.layout if item.codec == "raw" and (only is None or item.name in only)]
+        largest = max((item.nbytes for item in raw), default=0)
+        buffer = torch.empty(max(1, min(largest, max(slice_bytes, 64))), dtype=torch.uint8)
         with open(self.path, "rb", buffering=0) as f:
-            buf = bytearray(step * itemsize)
-            for start in range(0, numel, step):
-                count = min(step, numel - start)
-                f.seek(item.offset + start * itemsize)
-                view = memoryview(buf)[: count * itemsize]
-                got = 0
-                while got < len(view):
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise SpoolError(f"spool file {self.path} is shorter than its manifest")
-                    got += n
-                yield item, start, from_bytes(view, item.dtype, (count,))
+            for item in self.layout:
+                if only is not None and item.name not in only:
+                    continue
+                if item.codec != "raw":
+                    yield item, 0, self.tensor(item.name).reshape(-1)
+                    continue
+                itemsize = torch.empty((), dtype=item.dtype).element_size()
+                numel = numel_of(item.shape)
+                if numel == 0:
+                    yield item, 0, torch.empty(0, dtype=item.dtype)
+                    continue
+                step = max(1, min(len(buffer), slice_bytes) // itemsize)
+                if step * itemsize > len(buffer):
+                    buffer = torch.empty(step * itemsize, dtype=torch.uint8)
+                for start in range(0, numel, step):
+                    count = min(step, numel - start)
+                    window = buffer[: count * itemsize]
+                    f.seek(item.offset + start * itemsize)
+                    _read_exactly(f, memoryview(window.numpy()), self.path)
+                    yield item, start, window.view(item.dtype)
 
     def element_range(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Flat values [start, stop) of one tensor (a fresh tensor; raw tensors read only that range)."""
@@ -151,6 +157,15 @@ class SpooledUpdate:
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _read_exactly(f, view: memoryview, path: Path) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise SpoolError(f"spool file {path} is shorter than its manifest")
+        got += n
 
 
 def clear_spool(directory: Path) -> None:

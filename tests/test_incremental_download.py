@@ -18,12 +18,16 @@ from fedstream.server.model_publisher import ModelPublisher, Served
 
 def model(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict(w=torch.randn(64, 48, generator=gen), b=torch.randn(48, generator=gen),
-                       steps=torch.tensor([7], dtype=torch.int64))
+                       steps=torch.tensor([7], dtype=torch.int64), flags=torch.tensor([True, False]))
 
 
 def next_version(state, gen: torch.Generator, scale: float = 0.01):
-    return OrderedDict((k, v + (torch.randn(v.shape, generator=gen) * scale if v.dtype.is_floating_point else 1))
-                       for k, v in state.items())
+    def step(v: torch.Tensor) -> torch.Tensor:
+        if v.dtype == torch.bool:
+            return ~v
+        return v + (torch.randn(v.shape, generator=gen) * scale if v.dtype.is_floating_point else 1)
+
+    return OrderedDict((k, step(v)) for k, v in state.items())
 
 
 def received(served: Served, version: int) -> Downloaded:
@@ -55,7 +59,7 @@ def test_clients_following_versions_hold_exactly_the_served_model(codec: str) ->
         assert served.incremental == (version >= 2) and served.base_version == (version - 1 if version >= 2 else 0)
         for name, tensor in publisher.served_state.items():
             assert torch.equal(got[name], tensor), (version, name)
-        assert torch.equal(got["steps"], state["steps"])
+        assert torch.equal(got["steps"], state["steps"]) and torch.equal(got["flags"], state["flags"])
         if codec in ("q8", "fp16") and version >= 2:
             assert served.manifest.total_bytes < 0.6 * state_nbytes(state)
 
@@ -148,7 +152,7 @@ def test_without_incremental_the_full_model_uses_the_download_codec_and_nothing_
     publisher.publish(0, state)
     publisher.publish(1, next_version(state, gen))
     served = publisher.serve(1, 0)
-    assert not served.incremental and [s.codec for s in served.manifest.tensors] == ["q8", "q8", "raw"]
+    assert not served.incremental and [s.codec for s in served.manifest.tensors] == ["q8", "q8", "raw", "raw"]
     assert publisher.served_state is not None and publisher.round_metrics() == {}
     held = HeldModel()
     held.receive(received(served, 1), "run", False, lambda: pytest.fail("no refetch expected"))

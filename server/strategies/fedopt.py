@@ -3,7 +3,8 @@
 The example-weighted mean delta Δ is a pseudo-gradient for a server optimiser:
 m ← β₁·m + (1 − β₁)·Δ;  v ← v + Δ² (Adagrad) | β₂·v + (1 − β₂)·Δ² (Adam) | v − (1 − β₂)·Δ²·sign(v − Δ²) (Yogi);
 w ← w + η·m / (√v + τ). As in the paper there is no bias correction and v starts at τ².
-Options: `eta` (server learning rate), `beta1`, `beta2` (not used by Adagrad), `tau` (adaptivity).
+Options: `eta` (server learning rate; default 0.1 for FedAdagrad, whose v only grows, 0.01 for FedAdam and
+FedYogi), `beta1` (0.9), `beta2` (0.99; not used by Adagrad), `tau` (adaptivity, 1e-3).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ class FedOpt(ServerOptimizer):
     """The shared part; subclasses say how the second moment v is updated."""
 
     buffer_names = ("m", "v")
+    default_eta = 0.01
 
-    def __init__(self, eta: float | str = 0.01, beta1: float | str = 0.9, beta2: float | str = 0.99,
+    def __init__(self, eta: float | str | None = None, beta1: float | str = 0.9, beta2: float | str = 0.99,
                  tau: float | str = 1e-3) -> None:
         super().__init__()
-        self.eta = number(self.name, "eta", eta, 0.0, low_open=True)
+        self.eta = number(self.name, "eta", self.default_eta if eta is None else eta, 0.0, low_open=True)
         self.beta1 = number(self.name, "beta1", beta1, 0.0, 1.0, high_open=True)
         self.beta2 = number(self.name, "beta2", beta2, 0.0, 1.0, high_open=True)
         self.tau = number(self.name, "tau", tau, 0.0, low_open=True)
@@ -41,6 +43,7 @@ class FedOpt(ServerOptimizer):
 
 class FedAdagrad(FedOpt):
     name = "fedadagrad"
+    default_eta = 0.1
 
     def second_moment(self, v: torch.Tensor, sq: torch.Tensor) -> None:
         v.add_(sq)

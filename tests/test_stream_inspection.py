@@ -1,0 +1,89 @@
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedstream.common.manifest import encode_state, layout_of
+from fedstream.common.wire import Crc32, iter_chunks
+from fedstream.server.aggregator import NonFiniteUpdateError, inspect_update
+from fedstream.server.inspection import StreamInspection
+from fedstream.server.spool import SpoolWriter
+
+
+def _awkward_state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
+    """Odd-sized narrow tensors first, so wider tensors start at offsets that split their elements across chunks."""
+    return OrderedDict([
+        ("half", torch.randn(7, generator=gen).half()),
+        ("flag", torch.tensor([True, False, True])),
+        ("w", torch.randn(31, 9, generator=gen)),
+        ("empty", torch.empty(0)),
+        ("bf", torch.randn(5, generator=gen).bfloat16()),
+        ("d", torch.randn(13, generator=gen).double()),
+        ("steps", torch.tensor([3], dtype=torch.int64)),
+    ])
+
+
+def _spool(directory: Path, state, chunk: int):
+    manifest, buffers = encode_state(state, "raw")
+    writer = SpoolWriter(directory, layout_of(manifest), manifest.total_bytes)
+    crc = Crc32()
+    for piece in iter_chunks(buffers, chunk):
+        crc.update(piece)
+        writer.write(piece)
+    return writer.finish(crc.value, crc.nbytes)
+
+
+def _exact_sq_norm(state) -> float:
+    return sum(float(t.double().square().sum()) for t in state.values() if t.dtype.is_floating_point)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 64, 1000, 1 << 20])
+def test_norm_while_streaming_matches_reading_back(tmp_path: Path, chunk: int) -> None:
+    state = _awkward_state(torch.Generator().manual_seed(chunk))
+    update = _spool(tmp_path, state, chunk)
+    assert update.inspection is not None
+    assert "bf" not in update.inspection.covered and {"half", "w", "d"} <= update.inspection.covered
+    assert inspect_update(update) == pytest.approx(_exact_sq_norm(state), rel=1e-12)
+    streamed_only = sum(float(state[n].double().square().sum()) for n in ("half", "w", "d"))
+    assert update.inspection.sq_norm == pytest.approx(streamed_only, rel=1e-12)
+
+
+@pytest.mark.parametrize("where", [("half", 6), ("w", 0), ("w", 278), ("d", 12), ("bf", 2)])
+def test_nan_anywhere_is_caught_at_any_chunking(tmp_path: Path, where: tuple[str, int]) -> None:
+    rng = random.Random(hash(where) & 0xFFFF)
+    state = _awkward_state(torch.Generator().manual_seed(5))
+    name, index = where
+    state[name].view(-1)[index] = float("nan") if rng.random() < 0.5 else float("inf")
+    for chunk in (1, 2, 7, 4096):
+        update = _spool(tmp_path / str(chunk), state, chunk)
+        with pytest.raises(NonFiniteUpdateError, match=f"tensor {name} "):
+            inspect_update(update)
+
+
+def test_feed_accepts_pieces_that_skip_non_float_tensors() -> None:
+    state = _awkward_state(torch.Generator().manual_seed(9))
+    manifest, buffers = encode_state(state, "raw")
+    inspection = StreamInspection(layout_of(manifest))
+    position = 0
+    for buf in buffers:
+        inspection.feed(position, buf)
+        position += len(buf)
+    covered = sum(float(state[n].double().square().sum()) for n in ("half", "w", "d"))
+    assert inspection.sq_norm == pytest.approx(covered, rel=1e-12)
+    assert inspection.nonfinite is None
+
+
+def test_pieces_reuse_one_buffer_but_yield_the_right_values(tmp_path: Path) -> None:
+    state = _awkward_state(torch.Generator().manual_seed(2))
+    update = _spool(tmp_path, state, 100)
+    for slice_bytes in (4, 24, 1 << 20):
+        seen: dict[str, list[torch.Tensor]] = {}
+        for item, start, values in update.pieces(slice_bytes):
+            assert values.dtype == item.dtype
+            seen.setdefault(item.name, []).append((start, values.clone()))
+        for name, tensor in state.items():
+            parts = sorted(seen[name], key=lambda p: p[0])
+            got = torch.cat([v for _, v in parts]) if parts else torch.empty(0, dtype=tensor.dtype)
+            assert torch.equal(got, tensor.reshape(-1)), (name, slice_bytes)
