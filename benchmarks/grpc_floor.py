@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 
 from fedstream.common.allocator import tune_malloc
 
@@ -61,6 +62,12 @@ def _serve(port_file: Path) -> None:
     server.wait_for_termination()
 
 
+def _cpu(other: psutil.Process) -> float:
+    """CPU seconds used so far by this process and the other one."""
+    mine, theirs = psutil.Process().cpu_times(), other.cpu_times()
+    return mine.user + mine.system + theirs.user + theirs.system
+
+
 @dataclass
 class Floor:
     """Median GB/s of each direction over reps, for one payload and chunk size."""
@@ -70,10 +77,12 @@ class Floor:
     upload: float
     upload_transport: float
     download: float
+    cpu_seconds_per_gb: float
 
     def row(self) -> str:
         return (f"{self.chunk_bytes >> 10} KiB chunks, {self.nbytes / 1e6:.1f} MB: upload {self.upload:.2f} GB/s "
-                f"(transport only {self.upload_transport:.2f}), download {self.download:.2f} GB/s")
+                f"(transport only {self.upload_transport:.2f}), download {self.download:.2f} GB/s; "
+                f"{self.cpu_seconds_per_gb:.2f} CPU-s per GB moved (both processes)")
 
 
 def measure(nbytes: int, chunk_bytes: int, reps: int = 5, workdir: Path = Path("/tmp")) -> Floor:
@@ -117,13 +126,17 @@ def measure(nbytes: int, chunk_bytes: int, reps: int = 5, workdir: Path = Path("
         timed(lambda: up(sliced()))
         timed(get)
         rates = {"up": [], "transport": [], "down": []}
+        sink = psutil.Process(server.pid)
+        cpu_before = _cpu(sink)
         for _ in range(reps):
             rates["up"].append(timed(lambda: up(sliced())))
-            rates["transport"].append(timed(lambda: up(repeated())))
             rates["down"].append(timed(get))
+        cpu_per_gb = (_cpu(sink) - cpu_before) / (2 * reps * nbytes / 1e9)
+        for _ in range(reps):
+            rates["transport"].append(timed(lambda: up(repeated())))
         channel.close()
         return Floor(nbytes, chunk_bytes, statistics.median(rates["up"]), statistics.median(rates["transport"]),
-                     statistics.median(rates["down"]))
+                     statistics.median(rates["down"]), cpu_per_gb)
     finally:
         server.kill()
         server.wait()

@@ -20,6 +20,7 @@ from fedstream.client.feedback import ErrorFeedback
 from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
+from fedstream.client.device_copy import delta_into, load_state
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.codec import available_codecs
 from fedstream.common.codec_plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
@@ -169,11 +170,12 @@ class FederatedClient:
         run_id, options = self.session.run_id, task.config.options
 
         def fetch(have_version: int):
-            return download(self.stub, self.session.session_id, task.version, have_version=have_version, timeout=None)
+            return download(self.stub, self.session.session_id, task.version, have_version=have_version, timeout=None,
+                            pin_memory=self.device.type == "cuda")
 
         base, got = self.held.receive(fetch(self.held.have_version(run_id)), run_id, options.get(INCREMENTAL) == "1",
                                       lambda: fetch(0))
-        self.model.load_state_dict(base)
+        load_state(self.model, base)
         masks = masks_for(base, got.masked)
         settings = self.settings_for(task.config)
         seed = int(task.config.options.get("seed", "0")) * 7919 + self.config.partition[0]
@@ -231,13 +233,6 @@ class FederatedClient:
                             "num_examples": str(len(self.data)), "client_id": self.config.client_id})
 
     def _delta_into(self, global_state: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-        """local − global, written over the downloaded global tensors (no second model-sized buffer)."""
-        for name, g in global_state.items():
-            current = local[name].detach()
-            if current.device.type != "cpu":
-                current = current.to("cpu", non_blocking=False)
-            if g.dtype.is_floating_point:
-                torch.sub(current, g, out=g)
-            else:
-                g.copy_(current - g)
-        return global_state
+        """local − global, written over the downloaded global tensors (no second model-sized buffer); on a GPU
+        computed on the device and copied back asynchronously into the pinned download buffer."""
+        return delta_into(global_state, local)

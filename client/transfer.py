@@ -10,6 +10,7 @@ from typing import Iterator, Mapping
 
 import torch
 
+from fedstream.client.device_copy import host_buffer
 from fedstream.common.manifest import decode_state, encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire import Crc32, DataChunk, iter_chunks
@@ -29,12 +30,16 @@ class Downloaded:
     base_version: int = 0
 
 
-def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None) -> Downloaded:
-    """Receives the manifest, writes chunks straight into one preallocated buffer, checks length and CRC."""
+def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None,
+             pin_memory: bool = False) -> Downloaded:
+    """Receives the manifest, writes chunks straight into one preallocated buffer, checks length and CRC.
+
+    pin_memory: page-lock that buffer (a GPU client copies it to the device asynchronously).
+    """
     stream = stub.DownloadModel(pb.DownloadRequest(session_id=session_id, version=version, have_version=have_version),
                                 timeout=timeout)
     header: pb.ModelHeader | None = None
-    buffer: bytearray | None = None
+    buffer: torch.Tensor | None = None
     view: memoryview | None = None
     crc = Crc32()
     trailer: pb.Trailer | None = None
@@ -45,8 +50,8 @@ def download(stub, session_id: str, version: int, have_version: int = 0, timeout
             part = message.WhichOneof("part")
             if part == "header":
                 header = message.header
-                buffer = bytearray(header.manifest.total_bytes)
-                view = memoryview(buffer)
+                buffer = host_buffer(header.manifest.total_bytes, pin_memory)
+                view = memoryview(buffer.numpy())
                 continue
             if part == "trailer":
                 trailer = message.trailer
@@ -64,7 +69,7 @@ def download(stub, session_id: str, version: int, have_version: int = 0, timeout
     if crc.nbytes != header.manifest.total_bytes or trailer.crc32 != crc.value:
         raise TransferError(f"download of version {version} is corrupt: got {crc.nbytes} bytes "
                             f"(crc {crc.value:#010x}), trailer says {trailer.total_bytes} (crc {trailer.crc32:#010x})")
-    return Downloaded(header.version, decode_state(header.manifest, buffer), crc.nbytes, list(header.masked),
+    return Downloaded(header.version, decode_state(header.manifest, view), crc.nbytes, list(header.masked),
                       header.incremental, header.base_version)
 
 

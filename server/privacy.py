@@ -187,6 +187,8 @@ class CentralDP(DelegatingStrategy):
         if count_stddev is not None and noise_multiplier > 0 and not 2 * count_stddev > noise_multiplier:
             raise ValueError(f"adaptive clipping with --noise-multiplier {noise_multiplier} needs count_stddev > "
                              f"{noise_multiplier / 2:g}, got {count_stddev:g}; raise --dp-option count_stddev")
+        if not clip_lr > 0:
+            raise ValueError(f"adaptive clipping clip_lr must be > 0, got {clip_lr}")
         if sample_rate is not None and not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         self.target_quantile = target_quantile
@@ -301,7 +303,7 @@ def parse_clip(text: str | float) -> float | None:
     return value
 
 
-ADAPTIVE_OPTIONS = {"initial_clip": float, "target_quantile": float, "clip_lr": float, "count_stddev": float,
+CENTRAL_OPTIONS = {"initial_clip": float, "target_quantile": float, "clip_lr": float, "count_stddev": float,
                     "sample_rate": float, "noise_seed": int}
 
 
@@ -321,10 +323,10 @@ def make_dp_strategy(inner: Strategy, mode: str, clip: str | float = "1.0", nois
         return LocalDP(inner, clip_norm, noise_multiplier, delta, target_epsilon)
     parsed: dict[str, float | int] = {}
     for key, value in options.items():
-        if key not in ADAPTIVE_OPTIONS:
-            raise ValueError(f"unknown --dp-option {key!r}; known: {', '.join(ADAPTIVE_OPTIONS)}")
+        if key not in CENTRAL_OPTIONS:
+            raise ValueError(f"unknown --dp-option {key!r}; known: {', '.join(CENTRAL_OPTIONS)}")
         try:
-            parsed[key] = ADAPTIVE_OPTIONS[key](value)
+            parsed[key] = CENTRAL_OPTIONS[key](value)
         except ValueError:
             raise ValueError(f"--dp-option {key} expects a number, got {value!r}") from None
     return CentralDP(inner, clip_norm, noise_multiplier, delta, target_epsilon, **parsed)

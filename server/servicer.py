@@ -101,9 +101,8 @@ class CoordinatorServicer:
                     raise invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
                                   "in the middle of an upload; nothing was aggregated")
             if trailer is None:
-                why = "the connection closed mid-stream" if not context.is_active() else "the client half-closed early"
-                raise invalid(f"client {sink.client_id}'s upload ended without a trailer ({why}); "
-                              "nothing was aggregated")
+                raise invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed early: "
+                              "the client went away or stopped sending); nothing was aggregated")
             finished = True
             self.coordinator.finish_upload(sink, trailer)
         except Refusal as refusal:

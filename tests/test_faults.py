@@ -118,7 +118,7 @@ def test_client_sigkilled_mid_upload_round_closes_with_survivors_and_the_client_
     assert [r["round"] for r in run] == [1, 2, 3]
     assert run[0]["accepted"] == ["client-0", "client-1"], run[0]
     reason = run[0]["dropped"]["client-2"]
-    assert "upload stream broke" in reason or "connection closed mid-stream" in reason, reason
+    assert "upload stream broke" in reason or "ended without a trailer" in reason, reason
     assert any("client-2" in r["accepted"] for r in run[1:]), "the restarted client was never used again"
     assert (updates / "client-2-round1.safetensors").exists(), "the victim had computed its round-1 update"
     assert_same_model(load_file(str(run_dir / "model.safetensors")), offline_fedavg(updates, run))
@@ -163,11 +163,17 @@ def test_round_short_of_min_clients_is_retried_as_a_new_attempt(tmp_path: Path) 
     assert record["attempt"] == 2 and record["accepted"] == ["a", "b"]
 
 
-def _federation(tmp_path: Path, name: str, port: int | None = None, rounds: int = 3) -> tuple[ServerProcess, list]:
+def _server_flags(port: int | None) -> tuple[str, ...]:
     address = ("--address", f"127.0.0.1:{port}") if port else ()
-    server = start_server(tmp_path / name, "--rounds", str(rounds), "--min-clients", "2", "--seed", str(SEED),
-                          "--round-timeout", "60", *SMALL, *address, name="server")
-    clients = [start_client(server, *CLIENT, "--partition", f"{i}/2", "--slowdown", "10") for i in range(2)]
+    return ("--rounds", "3", "--min-clients", "2", "--seed", str(SEED), "--round-timeout", "60", "--chunk-bytes",
+            "4096", *SMALL, *address)
+
+
+def _federation(tmp_path: Path, name: str, port: int | None = None) -> tuple[ServerProcess, list]:
+    """Two clients; client-0 paces its upload (two 4 KiB chunks, 0.5 s apart) so every round lasts over a second."""
+    server = start_server(tmp_path / name, *_server_flags(port), name="server")
+    clients = [start_client(server, *CLIENT, "--partition", f"{i}/2", *(("--upload-chunk-delay", "0.5") if i == 0 else ()))
+               for i in range(2)]
     return server, clients
 
 
@@ -185,19 +191,16 @@ def test_server_sigkilled_mid_round_and_between_rounds_resumes_to_the_uninterrup
     server, clients = _federation(tmp_path, "interrupted", port)
     restarts: list[ServerProcess] = []
     try:
-        wait_for(lambda: "round=2 attempt=1 started" in server.log(), 90, "round 2 to start", server)
-        time.sleep(0.3)
+        wait_for(lambda: "round=2 uploading" in server.client_log(0), 90, "client-0's round-2 upload", server)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         assert checkpointed_rounds(run_dir) == 1, "killed mid-round 2: the checkpoint must hold round 1"
-        second = start_server(run_dir, "--rounds", "3", "--min-clients", "2", "--seed", str(SEED), "--round-timeout",
-                              "60", *SMALL, "--address", f"127.0.0.1:{port}", name="server")
+        second = start_server(run_dir, *_server_flags(port), name="server")
         restarts.append(second)
         wait_for(lambda: checkpointed_rounds(run_dir) >= 2, 120, "round 2's checkpoint", second)
         second.process.send_signal(signal.SIGKILL)
         second.process.wait()
-        third = start_server(run_dir, "--rounds", "3", "--min-clients", "2", "--seed", str(SEED), "--round-timeout",
-                             "60", *SMALL, "--address", f"127.0.0.1:{port}", name="server")
+        third = start_server(run_dir, *_server_flags(port), name="server")
         restarts.append(third)
         assert third.wait(timeout=120) == 0, third.log()[-3000:]
         assert wait_all(clients, timeout=60) == [0, 0], "clients must reconnect to the restarted server on their own"

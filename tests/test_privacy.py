@@ -14,6 +14,10 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedstream.cli import main
 from fedstream.client.privacy import delta_norm, privatize_delta
+from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.tasks import load_task
+from fedstream.server.coordinator import Coordinator, ServerConfig
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedstream.server.privacy import CentralDP, LocalDP, make_dp_strategy, parse_clip
 from fedstream.server.strategies import make_strategy
@@ -195,3 +199,16 @@ def test_client_noise_has_std_sigma_clip_and_is_fresh_every_time() -> None:
     assert not torch.equal(first["w"], second["w"])
     with pytest.raises(ValueError, match="without a clip norm"):
         privatize_delta(first, clip_norm=0.0, noise_multiplier=1.0)
+
+
+def test_coordinator_ends_the_run_before_a_round_that_would_pass_the_target(tmp_path: Path) -> None:
+    strategy = make_dp_strategy(make_strategy("fedavg"), "central", "1.0", 0.5, 1e-5, target_epsilon=1.0)
+    coordinator = Coordinator(load_task("digits", {"hidden": "8"}), strategy,
+                              ServerConfig(rounds=5, run_dir=tmp_path, wait_for_clients=5.0))
+    reply = coordinator.join(pb.JoinRequest(client_id="solo", protocol_version=PROTOCOL_VERSION, codecs=["raw"],
+                                            num_examples=10))
+    coordinator.run()
+    assert coordinator.completed_rounds == 0
+    assert "round 1 would raise ε to" in coordinator.strategy_stop
+    assert "past --target-epsilon 1" in coordinator.strategy_stop
+    assert coordinator.next_task(reply.session_id, 0.0).kind == pb.Task.FINISH

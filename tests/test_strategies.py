@@ -296,3 +296,49 @@ def test_robust_strategies_read_the_spool_in_bounded_windows(tmp_path: Path, nam
     out = strategy.aggregate(CountingUpdates(spooled.reference, spooled.updates, None))
     assert 0 < CountingUpdates.largest <= 6 * 2048
     assert out["big"].shape == (50_000,) and torch.isfinite(out["big"]).all()
+
+
+def test_a_server_optimizer_step_that_is_not_finite_keeps_the_previous_state(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(9)
+    state = model(gen)
+    strategy = make_strategy("fedavgm", {"momentum": "0.9"})
+    run_round(tmp_path, strategy, state, [random_delta(gen)], [1])
+    before = {k: v.clone() for k, v in strategy.buffers["momentum"].items()}
+    delta = OrderedDict((k, v.float()) for k, v in random_delta(gen).items())
+    delta["emb"][3, 1] = float("inf")
+    with pytest.raises(ValueError, match="step for emb is not finite"):
+        strategy.apply(state, delta)
+    assert all(torch.equal(strategy.buffers["momentum"][k], before[k]) for k in before)
+
+
+def test_users_name_their_own_strategy_by_import_path() -> None:
+    assert type(make_strategy("fedstream.server.strategies.median:Median")).__name__ == "Median"
+    with pytest.raises(ValueError, match="is not a subclass"):
+        make_strategy("os.path:join")
+    with pytest.raises(ValueError, match="cannot load strategy"):
+        make_strategy("fedstream.server.strategies:Nope")
+
+
+def documented_example() -> type[Strategy]:
+    """The NormBoundedMean class exactly as docs/strategies.md shows it."""
+    text = (Path(__file__).parent.parent / "docs" / "strategies.md").read_text()
+    section = text[text.index("### Writing your own strategy"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    namespace: dict = {}
+    exec(compile(code[: code.index("```")], "docs/strategies.md", "exec"), namespace)
+    return namespace["NormBoundedMean"]
+
+
+def test_the_documented_user_strategy_is_the_norm_bounded_weighted_mean(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(10)
+    state = model(gen)
+    deltas, examples = [random_delta(gen, spread=s) for s in (0.01, 1.0, 5.0)], [30, 10, 60]
+    strategy = documented_example()(bound="2.0", server_lr="0.5")
+    new = run_round(tmp_path, strategy, state, deltas, examples)
+    floats = [k for k in state if state[k].dtype.is_floating_point]
+    factors = [min(1.0, 2.0 / float(np.linalg.norm(np.concatenate([d[k].double().numpy().ravel() for k in floats]))))
+               for d in deltas]
+    for k in floats:
+        mean = sum(d[k].double().numpy() * f * n for d, f, n in zip(deltas, factors, examples)) / sum(examples)
+        np.testing.assert_allclose(new[k].double().numpy(), state[k].double().numpy() + 0.5 * mean, atol=1e-5)
+    assert strategy.round_metrics() == {"clipped": float(sum(f < 1.0 for f in factors))}

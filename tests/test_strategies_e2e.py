@@ -1,4 +1,5 @@
-"""Every strategy (and central/local DP) through a real server and real client processes on digits.
+"""Every strategy name through a real server and real client processes on digits (three of them wrapped in
+central DP with fixed or adaptive clipping, or local DP, so those paths run end to end too).
 
 Each run's final model must equal the strategy replayed in-process on the deltas the clients uploaded
 (saved with --save-updates), so the whole distributed path (spool, validation, folding, windows, optimiser
@@ -30,13 +31,18 @@ pytestmark = pytest.mark.slow
 
 CLIENTS, ROUNDS, SEED = 2, 2, 7
 CASES = {
-    "fedavg": [], "fedavgm": [], "fedprox": ["--strategy-option", "mu=0.1"], "fedadagrad": [], "fedadam": [],
-    "fedyogi": [], "median": [], "trimmed-mean": [], "krum": [], "multi-krum": [],
-    "fedavg+dp-central": ["--dp", "central", "--clip", "2.0", "--noise-multiplier", "0.01",
-                          "--dp-option", "noise_seed=5"],
+    "fedavg": [],
+    "fedavgm+dp-central": ["--dp", "central", "--clip", "2.0", "--noise-multiplier", "0.01",
+                           "--dp-option", "noise_seed=5"],
+    "fedprox": ["--strategy-option", "mu=0.1"],
+    "fedadagrad": [],
     "fedadam+dp-adaptive": ["--dp", "central", "--clip", "adaptive", "--noise-multiplier", "0.05",
                             "--dp-option", "initial_clip=0.5", "--dp-option", "noise_seed=9"],
+    "fedyogi": [],
+    "median": [],
     "trimmed-mean+dp-local": ["--dp", "local", "--clip", "0.5", "--noise-multiplier", "0"],
+    "krum": ["--strategy-option", "f=0"],
+    "multi-krum": ["--strategy-option", "m=2"],
 }
 
 
@@ -64,12 +70,13 @@ def saved_updates(directory: Path) -> dict[int, list[tuple[str, dict, int]]]:
     return {r: sorted(items, key=lambda item: item[0]) for r, items in by_round.items()}
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the")
 @pytest.mark.parametrize("case", list(CASES))
 def test_strategy_runs_end_to_end_and_matches_its_in_process_replay(tmp_path: Path, case: str) -> None:
     flags = server_flags(case)
     run_dir = tmp_path / "run"
     server = start_server(run_dir, "--rounds", str(ROUNDS), "--min-clients", str(CLIENTS), "--seed", str(SEED),
-                          "--round-timeout", "60", "--log-level", "WARNING", *flags)
+                          "--round-timeout", "60", "--local-epochs", "1", "--log-level", "WARNING", *flags)
     try:
         procs = [start_client(server, "--partition", f"{i}/{CLIENTS}", "--device", "cpu",
                               "--save-updates", str(tmp_path / "updates")) for i in range(CLIENTS)]
@@ -80,7 +87,7 @@ def test_strategy_runs_end_to_end_and_matches_its_in_process_replay(tmp_path: Pa
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
     assert all(r["clients"] == CLIENTS for r in records)
-    assert records[-1]["eval_accuracy"] > 0.3, records
+    assert records[-1]["eval_accuracy"] > 0.2, records
 
     torch.manual_seed(SEED)
     state = load_task("digits").make_model().state_dict()

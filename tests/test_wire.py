@@ -32,3 +32,19 @@ def test_iter_chunks_covers_every_byte_in_order_with_bounded_pieces() -> None:
         assert b"".join(bytes(p) for p in pieces) == b"".join(buffers)
         assert all(0 < len(p) <= size for p in pieces)
         assert all(len(p) == size for p in pieces[:-1])
+
+
+def test_running_crc_matches_zlib_whatever_the_chunking() -> None:
+    import zlib
+
+    from fedstream.common.wire import Crc32
+
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(100_000))
+    for _ in range(20):
+        crc, pos = Crc32(), 0
+        while pos < len(data):
+            step = rng.randint(1, 9000)
+            crc.update(memoryview(data)[pos : pos + step])
+            pos += step
+        assert (crc.value, crc.nbytes) == (zlib.crc32(data), len(data))

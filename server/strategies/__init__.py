@@ -1,7 +1,8 @@
-"""Aggregation strategies, chosen by name (`--strategy NAME --strategy-option KEY=VALUE`)."""
+"""Aggregation strategies, chosen by name (`--strategy NAME --strategy-option KEY=VALUE`) or import path."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from fedstream.server.strategies.base import RoundUpdates, Strategy
@@ -19,11 +20,25 @@ STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
 __all__ = ["RoundUpdates", "Strategy", "STRATEGIES", "make_strategy"]
 
 
-def make_strategy(name: str, options: dict[str, str] | None = None) -> Strategy:
+def strategy_class(name: str) -> type[Strategy]:
+    """A built-in strategy by name, or a user's `package.module:ClassName` (a Strategy subclass)."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    if ":" not in name:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}, "
+                         "or package.module:ClassName for your own")
+    module_name, _, attr = name.partition(":")
     try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}") from None
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load strategy {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"{name} is not a subclass of fedstream.server.strategies.Strategy")
+    return cls
+
+
+def make_strategy(name: str, options: dict[str, str] | None = None) -> Strategy:
+    cls = strategy_class(name)
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         known = [p for p in params if p != "self"]
