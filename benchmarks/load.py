@@ -16,7 +16,7 @@ import array
 import asyncio
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,7 +174,9 @@ def driver_main(args: argparse.Namespace) -> int:
     if errors:
         print("first errors:", *errors[:5], sep="\n  ")
     ok = ended.code == 0 and len(joins) == args.clients and len(complete) == args.clients and not lost and not errors
-    print("result:", "nothing lost, no client starved" if ok else "FAILED: see the table")
+    print("result:", "nothing lost, no client starved" if ok else f"FAILED: see the table and the logs in {work}")
+    if ok and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 
@@ -188,6 +190,7 @@ def main() -> int:
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds for workers to connect before joining at once")
     p.add_argument("--timeout", type=float, default=300.0, help="hard bound on the whole run")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (server log, run dir) after success")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, help=argparse.SUPPRESS)

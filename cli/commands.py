@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedstream.cli.options import host_port, key_value, non_negative_int, positive_float, positive_int
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
+from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 from fedstream.server.staleness import STALENESS
@@ -55,7 +56,7 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                    help="per-client training settings, repeatable: local_epochs, batch_size, learning_rate, or "
                         "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
-                   help="sync: rounds wait for their clients; async: FedBuff, a new version every --buffer-size updates")
+                   help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
     p.add_argument("--staleness", choices=sorted(STALENESS), default="sqrt",
                    help="async: discount of an update s versions old: constant 1, sqrt 1/sqrt(1+s), poly (1+s)^-a")
@@ -140,6 +141,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         check_chunk_bytes(args.chunk_bytes)
     except ValueError as exc:
         parser.error(f"--chunk-bytes: {exc}")
+    tune_malloc(args.chunk_bytes)
     if args.clients_per_round and args.min_clients > args.clients_per_round:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients-per-round {args.clients_per_round}")
     try:

@@ -22,6 +22,7 @@ from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
 from fedstream.client.device_copy import delta_into, load_state
 from fedstream.client.transfer import TransferError, download, upload
+from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
 from fedstream.common.codec_plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
 from fedstream.common.partition import partition_indices
@@ -86,6 +87,8 @@ class FederatedClient:
                                   self.config.connect_timeout)
         log.info("client=%s joined run %s (upload codec %s)", self.config.client_id, self.session.run_id,
                  self.session.upload_codec)
+        if self.session.chunk_bytes:
+            tune_malloc(self.session.chunk_bytes)
         return self.session
 
     def _heartbeats(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -77,7 +78,7 @@ class ClientHost:
             self.clients.append(FederatedClient(task, config))
 
     def run(self) -> dict:
-        """Runs every client to FINISH; returns this actor's pid and each client's exit code and rounds."""
+        """Runs every client to FINISH; returns this actor's pid, peak RSS, and each client's exit code and rounds."""
         results: dict[str, tuple[int, int]] = {}
 
         def work(client) -> None:
@@ -95,10 +96,9 @@ class ClientHost:
             t.start()
         for t in threads:
             t.join()
-        import psutil
-
         clients = {cid: {"exit": code, "rounds_trained": rounds} for cid, (code, rounds) in sorted(results.items())}
-        return {"pid": os.getpid(), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1), "clients": clients}
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return {"pid": os.getpid(), "rss_mb": round(peak_kib / 1024, 1), "clients": clients}
 
 
 def run_actors(plan: ClientPlan, per_actor: int, cpus_per_client: float, gpus_per_client: float) -> list[dict]:
@@ -115,6 +115,11 @@ def run_actors(plan: ClientPlan, per_actor: int, cpus_per_client: float, gpus_pe
     if needed_gpus > ray.cluster_resources().get("GPU", 0.0) + 1e-9:
         raise ValueError(f"{plan.total} clients × {gpus_per_client} GPU = {needed_gpus:g} GPUs, but the Ray cluster "
                          f"has {ray.cluster_resources().get('GPU', 0.0):g}")
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    biggest_actor = max(len(g) for g in groups) * cpus_per_client
+    if biggest_actor > largest + 1e-9:
+        raise ValueError(f"an actor serving {max(len(g) for g in groups)} clients needs {biggest_actor:g} CPUs; the "
+                         f"largest Ray node has {largest:g}: lower --clients-per-actor or --cpus-per-client")
     host = ray.remote(ClientHost)
     actors = [host.options(num_cpus=len(g) * cpus_per_client, num_gpus=len(g) * gpus_per_client).remote(plan, g)
               for g in groups]

@@ -15,3 +15,8 @@ GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
+
+import os as _os  # EXPERIMENT (to be removed)
+for _kv in filter(None, _os.environ.get("FEDSTREAM_GRPC_EXTRA", "").split(",")):
+    _k, _v = _kv.split("=")
+    GRPC_OPTIONS.append((_k, int(_v)))

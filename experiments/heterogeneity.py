@@ -49,7 +49,8 @@ def modes(deadline: float, buffer_size: int) -> list[Mode]:
     return [
         Mode("sync (wait for all 10)", ["--min-clients", str(CLIENTS)], "tab:blue"),
         Mode(f"sync, {deadline:g} s deadline, ≥7 updates",
-             ["--clients-per-round", str(CLIENTS), "--min-clients", "7", "--round-timeout", f"{deadline:g}"], "tab:orange"),
+             ["--clients-per-round", str(CLIENTS), "--min-clients", "7", "--round-timeout", f"{deadline:g}"],
+             "tab:orange"),
         Mode("sync, slow clients 1 local epoch", ["--min-clients", str(CLIENTS), *slow_epochs], "tab:purple"),
         Mode(f"async FedBuff K={buffer_size}, 1/√(1+s)",
              ["--mode", "async", "--min-clients", str(CLIENTS), "--buffer-size", str(buffer_size),
@@ -88,10 +89,10 @@ def run_once(mode: Mode, seed: int, work: Path, step_ms: float, window: float) -
     task = ["--task", "experiments.paced_task:make_task", "--task-option", f"step_ms={step_ms:g}"]
     load_before = os.getloadavg()[0]
     with open(server_log, "w") as log:
-        server = subprocess.Popen(cli + ["server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file),
-                                         "--run-dir", str(run_dir / "run"), "--rounds", "100000", "--seed", str(seed),
-                                         *task, *mode.flags], stdout=log, stderr=subprocess.STDOUT, env=_python_env(),
-                                  cwd=ROOT)
+        server = subprocess.Popen(cli + ["server", "--insecure", "--address", "127.0.0.1:0",
+                                         "--port-file", str(port_file), "--run-dir", str(run_dir / "run"),
+                                         "--rounds", "100000", "--seed", str(seed), *task, *mode.flags],
+                                  stdout=log, stderr=subprocess.STDOUT, env=_python_env(), cwd=ROOT)
     clients: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + 120
@@ -217,25 +218,31 @@ def plot(runs: list[Run], all_modes: list[Mode], target: float, window: float, p
     plt.close(fig)
 
 
-def write_report(path: Path, command: str, rows: list[list[str]], runs: list[Run], facts: dict, args, labels) -> None:
+def write_report(path: Path, command: str, rows: list[list[str]], runs: list[Run], facts: dict, args, labels,
+                 minutes: float) -> None:
     header = ["configuration", f"runs reaching {args.target}", f"seconds to {args.target} (median, range)",
               "rounds/versions to it", "updates folded to it", "median s per round/version",
               f"rounds/versions in {args.window:g} s", f"accuracy at {args.window:g} s", "mean staleness"]
     sync = facts.get(labels[0])
-    lines = [f"- {label}: " + (f"{value:.1f} s to {args.target}" + (f", {sync / value:.1f}× faster than waiting for all"
-                                                                      if sync and label != labels[0] else "")
-                               if value is not None else f"did not reach {args.target} within {args.window:g} s")
-             for label, value in facts.items()]
+    lines = []
+    for label, value in facts.items():
+        if value is None:
+            lines.append(f"- {label}: did not reach {args.target} within {args.window:g} s (median run)")
+            continue
+        faster = f", {sync / value:.1f}× sooner than waiting for all" if sync and label != labels[0] else ""
+        lines.append(f"- {label}: {value:.1f} s to {args.target} (median){faster}")
     loads = ", ".join(f"{r.load[0]:.1f}→{r.load[1]:.1f}" for r in runs)
     text = f"""# Heterogeneous clients: synchronous, deadline and asynchronous training
 
-{CLIENTS} clients train the digits MLP (IID split); clients {", ".join(map(str, SLOW))} run with `--slowdown {SLOWDOWN}`.
-Every training step is paced to {args.step_ms:g} ms (`experiments/paced_task.py`): a fast client's local training
-(3 epochs over ~144 examples, 15 steps) takes about {15 * args.step_ms / 1000:.1f} s and a slow one about
-{15 * args.step_ms * SLOWDOWN / 1000:.1f} s. Each configuration ran {args.repeats} time(s) (seeds 0..{args.repeats - 1}) for
-{args.window:g} s after the tenth client joined; real server and client processes over gRPC on 127.0.0.1.
+{CLIENTS} clients train the digits MLP (IID split); clients {", ".join(map(str, SLOW))} run with
+`--slowdown {SLOWDOWN}`. Every training step is paced to {args.step_ms:g} ms (`experiments/paced_task.py`): a fast
+client's local training (3 epochs over ~144 examples, 15 steps) takes about {15 * args.step_ms / 1000:.1f} s and a
+slow one about {15 * args.step_ms * SLOWDOWN / 1000:.1f} s. Each configuration ran {args.repeats} time(s)
+(seeds 0..{args.repeats - 1}) for {args.window:g} s after the tenth client joined; real server and client processes
+over gRPC on 127.0.0.1.
 
-Command (writes this file and `heterogeneity.png`; about {len(labels) * args.repeats * (args.window + 15) / 60:.0f} minutes):
+Command (writes this file, `heterogeneity.png` and the raw curves in `heterogeneity.json`; it took
+{minutes:.0f} minutes here, mostly starting and stopping processes):
 
     {command}
 
@@ -255,8 +262,9 @@ What the configurations do:
   on the newest version, and every K folded updates make a new version. Slow clients' updates arrive several versions
   late and are scaled by 1/√(1+s): fast progress, but versions mix updates of different ages (mean staleness above).
 
-Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; shared with other jobs, 1-minute
-load average before→after each run: {loads}. Seconds are wall-clock and include evaluation after every round.
+Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; shared with other jobs,
+1-minute load average before→after each run: {loads}. Seconds are wall-clock and include evaluation after every
+round.
 """
     path.write_text(text)
 
@@ -264,9 +272,9 @@ load average before→after each run: {loads}. Seconds are wall-clock and includ
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--window", type=float, default=30.0, help="seconds each run lasts after the last join")
-    parser.add_argument("--step-ms", type=float, default=40.0, help="pace of one training step")
-    parser.add_argument("--deadline", type=float, default=2.0, help="round timeout of the deadline configuration")
+    parser.add_argument("--window", type=float, default=40.0, help="seconds each run lasts after the last join")
+    parser.add_argument("--step-ms", type=float, default=60.0, help="pace of one training step")
+    parser.add_argument("--deadline", type=float, default=2.5, help="round timeout of the deadline configuration")
     parser.add_argument("--buffer-size", type=int, default=5, help="K of the async configuration")
     parser.add_argument("--target", type=float, default=0.90)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "heterogeneity.md")
@@ -274,24 +282,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     all_modes = modes(args.deadline, args.buffer_size)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedstream-heterogeneity-"))
+    started = time.monotonic()
     runs = []
     for seed in range(args.repeats):
         for mode in all_modes:
             run = run_once(mode, seed, work, args.step_ms, args.window)
             hit = run.first_reaching(args.target)
-            print(f"{mode.label:45s} seed {seed}: {len(run.points):3d} rounds/versions, "
-                  f"{'%.1f s to %.2f' % (hit[0], args.target) if hit else 'target not reached'}, "
-                  f"final accuracy {run.points[-1][1]['eval_accuracy'] if run.points else float('nan'):.3f}", flush=True)
+            final = run.points[-1][1]["eval_accuracy"] if run.points else float("nan")
+            reached = f"{hit[0]:.1f} s to {args.target:.2f}" if hit else "target not reached"
+            print(f"{mode.label:45s} seed {seed}: {len(run.points):3d} rounds/versions, {reached}, "
+                  f"final accuracy {final:.3f}", flush=True)
             runs.append(run)
     labels = [m.label for m in all_modes]
     rows, facts = summarize(runs, labels, args.target, args.window)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, all_modes, args.target, args.window, args.out.with_suffix(".png"))
     command = "python experiments/heterogeneity.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(args.out, command.strip(), rows, runs, facts, args, labels)
-    (args.out.with_suffix(".json")).write_text(json.dumps([{"mode": r.mode, "seed": r.seed, "load": r.load,
-                                                            "points": [[s, {k: v for k, v in rec.items() if k != "folded"}]
-                                                                       for s, rec in r.points]} for r in runs]))
+    write_report(args.out, command.strip(), rows, runs, facts, args, labels, (time.monotonic() - started) / 60)
+    curves = [{"mode": r.mode, "seed": r.seed, "load": r.load,
+               "points": [[s, {k: v for k, v in rec.items() if k != "folded"}] for s, rec in r.points]} for r in runs]
+    args.out.with_suffix(".json").write_text(json.dumps(curves))
     print(markdown_table(["configuration", "reached", "seconds", "rounds", "updates", "s/round", "rounds in window",
                           "final acc", "staleness"], rows))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

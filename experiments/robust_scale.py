@@ -3,7 +3,8 @@
 Each update is written to the disk spool the way an upload is (SpoolWriter, chunk by chunk, CRC trailer), one
 at a time, so generating them never holds more than one in memory. Then each robust strategy aggregates the
 round while a sampler records the process's resident memory; the table gives the peak above the level before
-aggregation, next to what holding every update in RAM would take.
+aggregation and the process's absolute peak (which includes the freed buffers the allocator kept from spooling),
+next to what holding every update in RAM would take (the spool size). Runs single-threaded.
 
     python -m experiments.robust_scale --params 25M --updates 20
 """
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", nargs="+", default=["median", "trimmed-mean", "krum", "multi-krum"])
     p.add_argument("--spool-dir", type=Path, default=None, help="where the spool goes (default: a temp dir)")
     args = p.parse_args(argv)
+    torch.set_num_threads(1)
     params = parse_count(args.params)
     reference = OrderedDict((f"layer{i}.weight", torch.zeros(params // TENSORS)) for i in range(TENSORS))
     model_mb = sum(t.numel() * 4 for t in reference.values()) / 1e6
@@ -99,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - started
             del out
             rows.append([name, f"{args.updates}", f"{params / 1e6:.0f}M", f"{args.updates * model_mb:.0f} MB",
-                         f"{(rss.peak - base) / 1e6:.0f} MB", f"{model_mb:.0f} MB", f"{seconds:.1f}"])
+                         f"{(rss.peak - base) / 1e6:.0f} MB", f"{rss.peak / 1e6:.0f} MB", f"{model_mb:.0f} MB",
+                         f"{seconds:.1f}"])
             print(rows[-1], flush=True)
     table = markdown_table(["strategy", "updates", "parameters", "spool (all updates)",
-                            "peak RSS above start", "one model (output)", "seconds"], rows)
+                            "peak RSS above start", "peak RSS of the process", "one model (output)", "seconds"], rows)
     print(f"\n{table}\n\nReproduce: `python -m experiments.robust_scale --params {args.params} --updates {args.updates}`")
     return 0
 

@@ -225,14 +225,12 @@ class AsyncCoordinator(Coordinator):
         with self.cond:
             while not self.buffer.has_room(self.settings.buffer_size) and not self.finished:
                 self.cond.wait(timeout=1.0)
-            if self.uploading.get(client) == info.upload_id:
-                del self.uploading[client]
-            if self.finished:
-                update.delete()
-                raise errors.stale(f"the run finished before client {client}'s update could be folded")
             try:
+                if self.finished:
+                    raise errors.stale(f"the run finished before client {client}'s update could be folded")
                 staleness = self._admit(client, info.base_version)
             except errors.Refusal:
+                self._release(client, info.upload_id)
                 update.delete()
                 raise
             buffer = self.buffer
@@ -244,10 +242,12 @@ class AsyncCoordinator(Coordinator):
         except BaseException:
             with self.cond:
                 buffer.reserved -= 1
+                self._release(client, info.upload_id)
                 self.cond.notify_all()
             update.delete()
             raise
         with self.cond:
+            self._release(client, info.upload_id)
             buffer.updates.append(update)
             buffer.staleness.append(staleness)
             buffer.bytes_up += sink.writer.total_bytes
@@ -261,11 +261,15 @@ class AsyncCoordinator(Coordinator):
         log.info("version=%d client=%s task=%d update folded (staleness %d, %d examples, %d/%d in buffer)",
                  target, client, info.round, staleness, info.num_examples, folded, self.settings.buffer_size)
 
+    def _release(self, client: str, upload_id: str) -> None:
+        """Ends the client's in-flight upload (held until its fold is done, so a retry cannot fold it twice)."""
+        if self.uploading.get(client) == upload_id:
+            del self.uploading[client]
+
     def abort_upload(self, sink: UploadSink, reason: str) -> None:
         sink.writer.discard()
         with self.cond:
-            if self.uploading.get(sink.client_id) == sink.info.upload_id:
-                del self.uploading[sink.client_id]
+            self._release(sink.client_id, sink.info.upload_id)
             self.cond.notify_all()
         log.warning("client=%s task=%d upload dropped: %s", sink.client_id, sink.info.round, reason)
 

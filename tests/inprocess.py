@@ -86,7 +86,7 @@ class Federation:
 
     def wait_completed(self, rounds: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.coordinator.completed_rounds < rounds:
+        while self.coordinator.completed_rounds < rounds or len(self.coordinator.runlog.records()) < rounds:
             if time.monotonic() > deadline:
                 raise AssertionError(f"round {rounds} did not complete within {timeout} s")
             time.sleep(0.01)

@@ -73,6 +73,17 @@ def test_client_settings_parse_and_override_the_task_config() -> None:
         parse_client_settings(["local_epochs=1"])
 
 
+def test_server_sends_per_client_settings_with_the_task(tmp_path: Path) -> None:
+    config = ServerConfig(run_dir=tmp_path / "run", seed=1,
+                          client_settings=parse_client_settings(["slow:local_epochs=1,batch_size=8,slowdown=5"]))
+    coord = AsyncCoordinator(load_task("digits"), make_strategy("fedavg"), config)
+    coord.started = True
+    slow, fast = (coord.next_task(_join(coord, c, 10), 0).config for c in ("slow", "fast"))
+    assert (slow.local_epochs, slow.batch_size, slow.options["slowdown"]) == (1, 8, "5")
+    assert (fast.local_epochs, fast.batch_size, "slowdown" in fast.options) == (3, 32, False)
+    coord.finish()
+
+
 # ----- the coordinator driven directly (no network) --------------------------------------------------------------
 
 def _join(coord: AsyncCoordinator, client_id: str, examples: int) -> str:

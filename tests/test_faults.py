@@ -5,12 +5,10 @@ torn checkpoints, replayed uploads, SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +17,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedstream.client.connection import CoordinatorStub, open_channel
 from fedstream.common.proto import coordinator_pb2 as pb

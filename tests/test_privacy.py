@@ -169,7 +169,7 @@ def test_dp_settings_that_cannot_work_are_refused_with_a_reason() -> None:
 ])
 def test_server_cli_checks_dp_flags_before_starting(capsys, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["server", "--address", "127.0.0.1:0", *argv])
+        main(["server", "--insecure", "--address", "127.0.0.1:0", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 

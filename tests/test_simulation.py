@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from fedstream.client.simulation import actor_groups
 from tests.harness import FEDSTREAM, env, start_server
 
-ray = pytest.importorskip("ray", reason="simulation needs the optional extra: pip install 'fedstream[sim]'")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="simulation needs the optional extra: pip install 'fedstream[sim]'")
 
 
 def test_actor_groups_cover_every_client_once() -> None:
@@ -22,6 +24,7 @@ def test_actor_groups_cover_every_client_once() -> None:
 
 
 @pytest.mark.slow
+@needs_ray
 def test_six_clients_in_two_ray_actors_train_every_round(tmp_path: Path) -> None:
     run_dir, report = tmp_path / "run", tmp_path / "report.json"
     server = start_server(run_dir, "--rounds", "2", "--min-clients", "6", "--seed", "3", "--round-timeout", "120")
