@@ -2,10 +2,11 @@
 
 Every configuration is a real federation (one server process, N client processes on 127.0.0.1, real training)
 run one after the other on the same machine; bytes are the payload bytes the server counted in its metrics
-(manifests and framing excluded). Prints Markdown tables; `--write docs/compression.md` replaces the results
-section of that file (between its `<!-- results:begin -->` and `<!-- results:end -->` markers).
+(manifests and framing excluded). `throughput` times each codec's encode and decode of one large tensor in this
+process (medians). Prints Markdown tables; `--write docs/compression.md` replaces, for each part run, the text
+between that file's `<!-- PART:begin -->` and `<!-- PART:end -->` markers.
 
-    python benchmarks/codecs.py                       # digits (10 rounds, 4 clients) and synthetic
+    python benchmarks/codecs.py                       # all parts: digits, pruning, synthetic, throughput
     python benchmarks/codecs.py --only pruning --rounds 6
 """
 
@@ -24,8 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 FEDSTREAM = [sys.executable, "-m", "fedstream.cli"]
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+PARTS = ["digits", "pruning", "synthetic", "throughput"]
 
 
 @dataclass(frozen=True)
@@ -148,55 +151,93 @@ def run_suite(workdir: Path, prefix: str, configs: list[Config], task_flags: lis
     return results
 
 
-def write_results(path: Path, text: str) -> None:
+def throughput_table(numel: int, repeats: int) -> str:
+    """Encode and decode MB/s (of float32 input) per codec on one thread, medians of `repeats` runs."""
+    from fedstream.common.codec import available_codecs, get_codec
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.randn(numel, generator=gen)
+    sparse = dense * (torch.rand(numel, generator=gen) < 0.1)
+    lines = [f"| codec | input | encode MB/s | decode MB/s | encoded / raw |", "|---|---|---:|---:|---:|"]
+    for name in available_codecs():
+        codec = get_codec(name)
+        for label, tensor in (("dense", dense), ("10% nonzero", sparse)):
+            if label == "10% nonzero" and not (name.startswith("sparse") or name in ("zstd", "lz4")):
+                continue
+            enc, dec = [], []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                data = codec.encode(tensor)
+                enc.append(time.perf_counter() - started)
+                buffer = bytearray(data)
+                started = time.perf_counter()
+                codec.decode(buffer, torch.float32, (numel,))
+                dec.append(time.perf_counter() - started)
+            mb = numel * 4 / 1e6
+            lines.append(f"| {name} | {label} | {mb / statistics.median(enc):,.0f} | {mb / statistics.median(dec):,.0f} "
+                         f"| {len(buffer) / (numel * 4):.3f} |")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, sections: dict[str, str]) -> None:
     doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} section to replace")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    for part, text in sections.items():
+        begin, end = f"<!-- {part}:begin -->", f"<!-- {part}:end -->"
+        if begin not in doc or end not in doc:
+            raise SystemExit(f"{path} has no {begin} ... {end} section to replace")
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        doc = f"{head}{begin}\n{text}\n{end}{tail}"
+    path.write_text(doc)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["digits", "pruning", "synthetic"], action="append")
+    parser.add_argument("--only", choices=PARTS, action="append")
     parser.add_argument("--rounds", type=int, default=10, help="digits rounds (codecs and pruning)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--synthetic-params", default="2M")
     parser.add_argument("--synthetic-rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one federation may take")
+    parser.add_argument("--throughput-numel", type=int, default=1 << 24, help="values in the throughput tensor")
     parser.add_argument("--write", type=Path, default=None, help="replace the results section of this Markdown file")
     args = parser.parse_args()
-    parts = args.only or ["digits", "pruning", "synthetic"]
+    parts = args.only or PARTS
     command = "python benchmarks/codecs.py " + " ".join(sys.argv[1:])
-    sections = [f"Measured with `{command.strip()}` on {platform.node() or 'this machine'} "
-                f"({os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}), "
-                f"{time.strftime('%Y-%m-%d')}. Bytes are payload bytes per round summed over all clients.\n"]
+    where = (f"Measured with `{command.strip()}` on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, "
+             f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}), "
+             f"{time.strftime('%Y-%m-%d')}.")
+    sections: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="fedstream-codecs-") as tmp:
         workdir = Path(tmp)
         digits = ["--task", "digits"]
         if "digits" in parts:
             results = run_suite(workdir, "digits", CODECS, digits, args.clients, args.rounds, args.seed, args.timeout)
-            sections.append(f"### Codecs on digits ({args.clients} clients, {args.rounds} rounds, 3 local epochs)\n\n"
-                            + codec_table(results, "accuracy"))
+            sections["digits"] = (f"### Codecs on digits ({args.clients} clients, {args.rounds} rounds, 3 local epochs)"
+                                  f"\n\n{where} Bytes are payload bytes per round, summed over clients.\n\n"
+                                  + codec_table(results, "accuracy"))
         if "pruning" in parts:
             results = run_suite(workdir, "pruning", pruning_configs(args.rounds), digits, args.clients, args.rounds,
                                 args.seed, args.timeout)
-            sections.append(f"### Pruning on digits ({args.clients} clients, {args.rounds} rounds)\n\n"
-                            + pruning_table(results))
+            sections["pruning"] = (f"### Pruning on digits ({args.clients} clients, {args.rounds} rounds)\n\n"
+                                   f"{where}\n\n" + pruning_table(results))
         if "synthetic" in parts:
             synthetic = ["--task", "synthetic", "--task-option", f"params={args.synthetic_params}",
                          "--task-option", "steps=5"]
             results = run_suite(workdir, "synthetic", SYNTHETIC_CODECS, synthetic, 2, args.synthetic_rounds,
                                 args.seed, args.timeout)
-            sections.append(f"### Codecs on the synthetic model ({args.synthetic_params} parameters, 2 clients, "
-                            f"{args.synthetic_rounds} rounds, 5 SGD steps; random labels, so accuracy is chance "
-                            "and eval loss is the signal)\n\n" + codec_table(results, "accuracy"))
-    text = "\n\n".join(sections)
-    print(text)
+            sections["synthetic"] = (f"### Codecs on the synthetic model ({args.synthetic_params} parameters, 2 clients, "
+                                     f"{args.synthetic_rounds} rounds, 5 SGD steps; random labels, so accuracy is "
+                                     f"chance and eval loss is the signal)\n\n{where}\n\n"
+                                     + codec_table(results, "accuracy"))
+    if "throughput" in parts:
+        sections["throughput"] = (f"### Codec throughput ({args.throughput_numel:,} float32 values, one thread, "
+                                  f"median of 5)\n\n{where}\n\n" + throughput_table(args.throughput_numel, 5))
+    print("\n\n".join(sections.values()))
     if args.write is not None:
-        write_results(args.write, text)
+        write_results(args.write, sections)
     return 0
 
 

@@ -23,7 +23,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 DEFAULT_CHUNK = 1 << 20
 MAX_MMAP_THRESHOLD = 32 << 20
-ARENA_MAX = 4
+ARENA_MAX = 2
 
 
 def settings(chunk_bytes: int = DEFAULT_CHUNK) -> dict[int, int]:
