@@ -22,20 +22,9 @@ sys.path.insert(0, str(HERE))
 
 from fedstream_run import run_fedstream  # noqa: E402
 from procstats import machine_summary  # noqa: E402
+from round_bench import synthetic_model_bytes  # noqa: E402
 
 PROTOBUF_LIMIT = 2**31
-
-
-def model_bytes_of(params: str) -> int:
-    """Bytes of the synthetic model, from its shapes (built on the meta device: no memory)."""
-    import torch
-
-    from fedstream.common.tasks.synthetic import SyntheticMLP, parse_count
-
-    count = parse_count(params)
-    with torch.device("meta"):
-        model = SyntheticMLP(count, 4096 if count > 100_000_000 else (1024 if count >= 2_000_000 else 64))
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--force", action="store_true", help="run even when free memory looks too small")
     args = parser.parse_args(argv)
-    size = model_bytes_of(args.params)
+    size = synthetic_model_bytes(args.params)
     need = (2 + 2 * args.clients) * size + (1 + args.clients) * 400e6
     available = psutil.virtual_memory().available
     print(f"machine: {machine_summary()}")

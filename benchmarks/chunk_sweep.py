@@ -9,7 +9,6 @@ in the sink, the server and the clients alike.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from datetime import datetime
@@ -19,11 +18,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fedstream_run import run_fedstream  # noqa: E402
-from grpc_floor import measure  # noqa: E402
+from grpc_floor import measure_elsewhere  # noqa: E402
 from procstats import machine_summary  # noqa: E402
+from round_bench import synthetic_model_bytes  # noqa: E402
 
 from fedstream.common.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, settings  # noqa: E402
-from fedstream.common.tasks.synthetic import parse_count  # noqa: E402
 
 
 def malloc_env(chunk: int) -> dict[str, str]:
@@ -49,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     args = parser.parse_args(argv)
     chunks = [parse_bytes(c) for c in args.chunks.split(",")]
+    model_bytes = synthetic_model_bytes(args.params)
     workdir = args.workdir / f"chunk-sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True)
     print(f"command: python benchmarks/chunk_sweep.py {' '.join(argv if argv is not None else sys.argv[1:])}")
@@ -57,16 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             "fedstream GB/s model data | CPU s/round | server peak RSS | client peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for chunk in chunks:
         env = malloc_env(chunk)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            floor = measure(int(parse_count(args.params) * 4), chunk, args.reps, workdir)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        floor = measure_elsewhere(model_bytes, chunk, args.reps, env)
         run = run_fedstream(workdir / f"chunk-{chunk}", args.clients, args.params, args.rounds,
                             extra_server=["--chunk-bytes", str(chunk)], env=env)
         sec = statistics.median(run.round_seconds)

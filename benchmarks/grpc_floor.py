@@ -6,18 +6,20 @@ the same malloc tuning as fedstream's entry points, so the floor is what gRPC it
 artefact. `bytes(slice)` per chunk is the one copy grpcio's Python API forces on any sender; the
 `transport` variant resends one prepared message to show gRPC's own cost without that copy.
 
-Run alone: `python benchmarks/grpc_floor.py --mbytes 100 --chunk 1048576`.
+Run alone: `python benchmarks/grpc_floor.py --bytes 100802600 --chunk 1048576`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -143,17 +145,30 @@ def measure(nbytes: int, chunk_bytes: int, reps: int = 5, workdir: Path = Path("
         port_file.unlink(missing_ok=True)
 
 
+def measure_elsewhere(nbytes: int, chunk_bytes: int, reps: int = 5, env: dict[str, str] | None = None) -> Floor:
+    """measure() run in a child process, so that the caller's own peak RSS stays small (a child's rusage
+    maxrss includes its parent's peak at the time of the fork)."""
+    done = subprocess.run([sys.executable, __file__, "--bytes", str(nbytes), "--chunk", str(chunk_bytes),
+                           "--reps", str(reps), "--json"], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the gRPC floor measurement failed:\n{done.stderr[-3000:]}")
+    return Floor(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--mbytes", type=float, default=100.7)
+    parser.add_argument("--bytes", type=int, default=100_802_600)
     parser.add_argument("--chunk", type=int, default=1 << 20)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve)
         return 0
-    print(measure(int(args.mbytes * 1e6), args.chunk, args.reps).row())
+    floor = measure(args.bytes, args.chunk, args.reps)
+    print(json.dumps(asdict(floor)) if args.json else floor.row())
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -29,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fedstream_run import RunResult, run_fedstream  # noqa: E402
-from grpc_floor import Floor, measure  # noqa: E402
-from procstats import machine_summary, wait_peak  # noqa: E402
+from grpc_floor import Floor, measure_elsewhere  # noqa: E402
+from procstats import machine_summary, vm_hwm, wait_peak  # noqa: E402
 
 FLOWER_BYTES_PER_CLIENT = 1.8e9
 FLOWER_FIXED_BYTES = 3.5e9
@@ -46,12 +47,35 @@ def parse_clients(text: str) -> list[int]:
     return values
 
 
-def base_rss() -> int:
-    """Peak RSS of a process that imported everything a fedstream server or client imports, and nothing else."""
-    code = ("import torch, grpc, fedstream.server.app, fedstream.client.runner, fedstream.cli.commands; "
-            "from fedstream.common.allocator import tune_malloc; tune_malloc()")
-    proc = subprocess.Popen([sys.executable, "-c", code])
+SERVER_BASE = "import torch, grpc, fedstream.server.app, fedstream.cli.commands"
+CLIENT_BASE = ("import torch, grpc, fedstream.client.runner, fedstream.cli.commands\n"
+               "from torch.utils.data import DataLoader, TensorDataset\n"
+               "net = torch.nn.Linear(4, 2); opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+               "for x, y in DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4):\n"
+               "    opt.zero_grad(); torch.nn.functional.cross_entropy(net(x), y).backward(); opt.step()")
+
+
+def base_rss(code: str) -> int:
+    """Peak RSS of a process that runs code and holds no model: what a server (imports) or a training client
+    (imports plus one SGD step on a tiny model: torch loads its optimizer and autograd machinery lazily, ~80 MB)
+    costs whatever the model size.
+
+    Children's peaks come from rusage (exact), which also counts the parent's peak at the time of the fork, so
+    this process never imports torch or holds model-sized buffers; main() checks that it stayed small.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", "from fedstream.common.allocator import tune_malloc\n"
+                             "tune_malloc()\n" + code])
     return wait_peak(proc, 120).peak_rss
+
+
+def synthetic_model_bytes(params: str) -> int:
+    """Bytes of the synthetic task's model, computed in a child process (this one stays small: see base_rss)."""
+    code = ("import sys, torch; from fedstream.common.tasks.synthetic import SyntheticMLP, parse_count; "
+            "n = parse_count(sys.argv[1]); w = 4096 if n > 100_000_000 else (1024 if n >= 2_000_000 else 64); "
+            "torch.set_default_device('meta'); m = SyntheticMLP(n, w); "
+            "print(sum(t.numel() * t.element_size() for t in m.state_dict().values()))")
+    return int(subprocess.run([sys.executable, "-c", code, params], capture_output=True, text=True,
+                              check=True).stdout.strip())
 
 
 def median(values: list[float]) -> float:
@@ -81,7 +105,7 @@ def row(r: RunResult, rounds: int) -> str:
             f"{_mb(client_peak)} | {_mb(r.wire_total / max(rounds, 1))} | {cpu:.2f} |")
 
 
-def report(results: list[RunResult], floor: Floor | None, base: int, model_bytes: int, rounds: int) -> str:
+def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int], model_bytes: int, rounds: int) -> str:
     lines = ["| system | clients | round s (median) | wall s/round (median) | MB/s model data | server peak RSS | "
              "client peak RSS (max) | wire MB/round | CPU s/round |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [row(r, rounds) for r in results]
@@ -102,16 +126,19 @@ def report(results: list[RunResult], floor: Floor | None, base: int, model_bytes
             out.append(f"fedstream at {n} clients moves model data at {rate:.2f} GB/s = "
                        f"{100 * rate / floor.upload:.0f}% of the raw gRPC upload floor "
                        f"({100 * rate / floor.upload_transport:.0f}% of its transport-only rate)")
-    budget = base + 3 * model_bytes
-    out.append(f"memory budget base + 3 x model = {_mb(base)} + 3 x {_mb(model_bytes)} = {_mb(budget)} "
-               "(base: peak RSS of a process that only imported fedstream, torch and grpc)")
+    server_budget, client_budget = (base + 3 * model_bytes for base in bases)
+    out.append(f"memory budgets, base + 3 x model ({_mb(model_bytes)}): server {_mb(bases[0])} + {_mb(3 * model_bytes)} = "
+               f"{_mb(server_budget)}; client {_mb(bases[1])} + {_mb(3 * model_bytes)} = {_mb(client_budget)} "
+               "(server base: a process that imported fedstream's server, torch and grpc; client base: one that "
+               "imported the client and took one SGD step on a tiny model)")
     for system, runs in by_system.items():
         s = slope([(n, r.server_peak) for n, r in runs.items()])
         worst_server = max(r.server_peak for r in runs.values())
         worst_client = max(max(r.client_peaks or [0]) for r in runs.values())
         text = f"{system}: server peak RSS slope {s / 1e6:+,.1f} MB per client" if s is not None else f"{system}:"
-        text += (f"; worst server peak {_mb(worst_server)} ({'within' if worst_server <= budget else 'OVER'} budget), "
-                 f"worst client peak {_mb(worst_client)} ({'within' if worst_client <= budget else 'OVER'} budget)")
+        text += (f"; worst server peak {_mb(worst_server)} "
+                 f"({'within' if worst_server <= server_budget else 'OVER'} budget), worst client peak "
+                 f"{_mb(worst_client)} ({'within' if worst_client <= client_budget else 'OVER'} budget)")
         out.append(text)
     for r in results:
         if r.notes:
@@ -143,15 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     header = [f"command: {command}", f"machine: {machine_summary()}", f"started: {stamp}"]
     print("\n".join(header), flush=True)
 
-    from fedstream.common.tasks import load_task
-    from fedstream.common.tensors import state_nbytes
-
-    model_bytes = state_nbytes(load_task("synthetic", {"params": args.params, "steps": "0"}).make_model().state_dict())
-    base = base_rss()
+    model_bytes = synthetic_model_bytes(args.params)
+    bases = (base_rss(SERVER_BASE), base_rss(CLIENT_BASE))
     results: list[RunResult] = []
     floor = None
     if "grpc" in systems:
-        floor = measure(model_bytes, 1 << 20, args.floor_reps, workdir)
+        floor = measure_elsewhere(model_bytes, 1 << 20, args.floor_reps)
         print(f"floor: {floor.row()}", flush=True)
     if "fedstream" in systems:
         for n in args.clients:
@@ -173,11 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             r = run_flower(workdir, n, args.params, args.rounds)
             results.append(r)
             print(f"Flower {n} clients done in {time.monotonic() - started:.0f} s: {row(r, args.rounds)}", flush=True)
-    text = report(results, floor, base, model_bytes, args.rounds)
+    text = report(results, floor, bases, model_bytes, args.rounds)
+    own = vm_hwm(os.getpid())
+    text += (f"\nthis benchmark process peaked at {_mb(own)}; every peak RSS above is larger, so none is an artefact of "
+             "rusage counting the parent's peak" if all(own < p for r in results for p in [r.server_peak, *r.client_peaks])
+             else f"\nWARNING: this benchmark process peaked at {_mb(own)}: smaller fedstream peaks above are not reliable")
     print("\n" + text)
     (workdir / "report.md").write_text("\n".join(header) + "\n\n" + text + "\n")
     (workdir / "results.json").write_text(json.dumps(
-        {"command": command, "machine": machine_summary(), "model_bytes": model_bytes, "base_rss": base,
+        {"command": command, "machine": machine_summary(), "model_bytes": model_bytes, "base_rss": bases,
          "floor": asdict(floor) if floor else None, "runs": [asdict(r) for r in results]}, indent=1))
     print(f"\nraw results: {workdir}")
     return 0

@@ -43,6 +43,10 @@ class HeldModel:
             raise IncrementalMismatch(f"the server sent a difference to version {base_version}; this client holds {held}")
         if set(diff) != set(self.state):
             raise IncrementalMismatch(f"the difference names {len(diff)} tensors; the held model has {len(self.state)}")
+        for name, tensor in self.state.items():  # checked before any tensor changes: a half-applied copy is wrong
+            if diff[name].shape != tensor.shape:
+                raise IncrementalMismatch(f"the difference has shape {list(diff[name].shape)} for {name}; "
+                                          f"the held model has {list(tensor.shape)}")
         for name, tensor in self.state.items():
             if tensor.dtype.is_floating_point:
                 tensor.add_(diff[name])

@@ -60,35 +60,53 @@ class SparseCodec(Codec):
         return {DENSE: HEADER.size + dense, BITMAP: HEADER.size + (numel + 7) // 8 + sent,
                 INDEX32 if width == 4 else INDEX64: HEADER.size + width * count + sent}
 
-    def encode(self, tensor: torch.Tensor) -> bytes:
+    def _smallest(self, numel: int, count: int, dtype: torch.dtype) -> tuple[int, int]:
+        sizes = self.layout_sizes(numel, count, dtype)
+        fmt = min(sizes, key=lambda f: (sizes[f], f))
+        return fmt, sizes[fmt]
+
+    def _pack(self, fmt: int, count: int, where: memoryview | bytes, values: torch.Tensor, size: int) -> bytearray:
+        """Header, positions and encoded values written once into a buffer of the announced size."""
+        encoded = self.values.encode(values)
+        out = bytearray(size)
+        HEADER.pack_into(out, 0, fmt, count)
+        at = HEADER.size
+        for part in (where, encoded):
+            part = memoryview(part).cast("B")
+            out[at : at + part.nbytes] = part
+            at += part.nbytes
+        if at != size:
+            raise AssertionError(f"{self.name} produced {at} bytes where its layout says {size}")
+        return out
+
+    def encode(self, tensor: torch.Tensor) -> bytearray:
         flat = tensor.detach().reshape(-1)
         if flat.device.type != "cpu":
             flat = flat.cpu()
-        return self.encode_positions(flat, torch.nonzero(flat).reshape(-1))
+        nonzero = flat != 0
+        count = int(torch.count_nonzero(nonzero))
+        fmt, size = self._smallest(flat.numel(), count, flat.dtype)
+        if fmt == DENSE:
+            return self._pack(DENSE, flat.numel(), b"", flat, size)
+        if fmt == BITMAP:
+            return self._pack(BITMAP, count, np.packbits(nonzero.numpy(), bitorder="little").data, flat[nonzero], size)
+        return self.encode_positions(flat, torch.nonzero(nonzero).reshape(-1))
 
-    def encode_positions(self, flat: torch.Tensor, positions: torch.Tensor) -> bytes:
+    def encode_positions(self, flat: torch.Tensor, positions: torch.Tensor) -> bytearray:
         """Encodes flat as zero everywhere except at the sorted positions given."""
         numel, count = flat.numel(), positions.numel()
-        sizes = self.layout_sizes(numel, count, flat.dtype)
-        fmt = min(sizes, key=lambda f: (sizes[f], f))
+        fmt, size = self._smallest(numel, count, flat.dtype)
         if fmt == DENSE:
-            dense = flat.clone()
-            keep = torch.zeros(numel, dtype=torch.bool)
-            keep[positions] = True
-            dense[~keep] = 0
-            parts = [HEADER.pack(DENSE, numel), self.values.encode(dense)]
+            dense = torch.zeros_like(flat)
+            dense[positions] = flat[positions]
+            return self._pack(DENSE, numel, b"", dense, size)
+        if fmt == BITMAP:
+            bits = torch.zeros(numel, dtype=torch.bool)
+            bits[positions] = True
+            where = np.packbits(bits.numpy(), bitorder="little").data
         else:
-            if fmt == BITMAP:
-                bits = torch.zeros(numel, dtype=torch.bool)
-                bits[positions] = True
-                where = np.packbits(bits.numpy(), bitorder="little").tobytes()
-            else:
-                where = byte_view(positions.to(torch.int32 if fmt == INDEX32 else torch.int64).contiguous())
-            parts = [HEADER.pack(fmt, count), where, self.values.encode(flat[positions].contiguous())]
-        out = b"".join(bytes(p) if isinstance(p, memoryview) else p for p in parts)
-        if len(out) != sizes[fmt]:
-            raise AssertionError(f"{self.name} produced {len(out)} bytes where its layout says {sizes[fmt]}")
-        return out
+            where = byte_view(positions.to(torch.int32 if fmt == INDEX32 else torch.int64).contiguous())
+        return self._pack(fmt, count, where, flat[positions].contiguous(), size)
 
     def decode(self, data: memoryview | bytes | bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         view = _as_bytes(data)
@@ -157,7 +175,7 @@ class TopKCodec(Codec):
         chosen = chosen[flat[chosen] != 0]
         return torch.sort(chosen).values
 
-    def encode(self, tensor: torch.Tensor) -> bytes:
+    def encode(self, tensor: torch.Tensor) -> bytearray:
         flat = tensor.detach().reshape(-1)
         if flat.device.type != "cpu":
             flat = flat.cpu()
