@@ -98,7 +98,7 @@ def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: 
         server = subprocess.Popen(
             FEDSTREAM + ["server", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--run-dir",
                          str(run_dir / "run"), "--rounds", str(rounds), "--min-clients", str(clients),
-                         "--round-timeout", "600", "--wait-for-clients", "300", "--log-level", "WARNING", "--insecure",
+                         "--round-timeout", "600", "--wait-for-clients", "300", "--log-level", "INFO", "--insecure",
                          *task, *(extra_server or [])], stdout=log, stderr=subprocess.STDOUT, env=environment)
     deadline = time.monotonic() + 120
     while not (port_file.exists() and port_file.read_text().strip()):
@@ -116,7 +116,7 @@ def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: 
         with open(run_dir / f"client-{i}.log", "w") as log:
             procs.append(subprocess.Popen(
                 FEDSTREAM + ["client", "--server", f"127.0.0.1:{port}", "--partition", f"{i}/{clients}",
-                             "--device", "cpu", "--connect-timeout", "120", "--log-level", "WARNING", "--insecure", *task],
+                             "--device", "cpu", "--connect-timeout", "120", "--log-level", "INFO", "--insecure", *task],
                 stdout=log, stderr=subprocess.STDOUT, env=environment))
     watcher.pids = [server.pid] + [p.pid for p in procs]
     result = RunResult("fedstream", clients)

@@ -103,8 +103,8 @@ class Simulation:
                 time.sleep(0.001)
                 continue
             if key[1] > MAX_ATTEMPTS:
-                coordinator.stop(f"round {key[0]} could not be aggregated in {MAX_ATTEMPTS} attempts "
-                                 "(the aggregate was not finite)")
+                coordinator.stop(f"round {key[0]} could not be closed in {MAX_ATTEMPTS} attempts: every upload "
+                                 "was refused (NaN from diverged training) or the aggregate was not finite")
                 break
             served.add(key)
             refused = 0
