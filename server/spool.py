@@ -123,7 +123,7 @@ class SpooledUpdate:
         """
         raw = [item for item in self.layout if item.codec == "raw" and (only is None or item.name in only)]
         largest = max((item.nbytes for item in raw), default=0)
-        buffer = torch.empty(max(1, min(largest, max(slice_bytes, 64))), dtype=torch.uint8)
+        buffer = torch.empty(max(1, min(largest, slice_bytes)), dtype=torch.uint8)
         with open(self.path, "rb", buffering=0) as f:
             for item in self.layout:
                 if only is not None and item.name not in only:

@@ -21,13 +21,15 @@ log = logging.getLogger("fedstream.server")
 
 
 def pairwise_sq_distances(updates: RoundUpdates, budget: int) -> torch.Tensor:
-    """[N, N] float64 squared L2 distances between whole updates, summed over windows."""
+    """[N, N] squared L2 distances between whole updates: ‖a‖² + ‖b‖² − 2a·b per window, in float64."""
     n = len(updates)
     dist = torch.zeros((n, n), dtype=torch.float64)
     for _name, _start, _stop, values in slices(updates, budget):
-        for i in range(n):
-            dist[i] += (values - values[i]).square().sum(dim=1, dtype=torch.float64)
-    return dist
+        x = values.to(torch.float64)
+        gram = x @ x.T
+        sq = gram.diagonal()
+        dist += sq[:, None] + sq[None, :] - 2 * gram
+    return dist.clamp_min_(0).fill_diagonal_(0)
 
 
 def krum_scores(dist: torch.Tensor, f: int) -> torch.Tensor:
