@@ -151,6 +151,10 @@ def simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="server started here: 0 means all")
     p.add_argument("--mode", choices=["sync", "async"], default="sync", help="server started here")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="server started here, async mode")
+    p.add_argument("--min-clients", type=positive_int, default=None,
+                   help="server started here: updates that close a round (default: every sampled client)")
+    p.add_argument("--round-timeout", type=positive_float, default=300.0,
+                   help="server started here: a round closes after this many seconds without its stragglers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, default=None, help="server started here (default runs/sim-<timestamp>)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON summary (actors, clients, seconds) here")
@@ -163,11 +167,11 @@ def _start_server(args: argparse.Namespace, run_dir: Path) -> tuple[subprocess.P
     run_dir.mkdir(parents=True, exist_ok=True)
     port_file = run_dir / "server.port"
     port_file.unlink(missing_ok=True)
-    needed = args.clients_per_round or args.clients
+    needed = args.min_clients or args.clients_per_round or args.clients
     command = [sys.executable, "-m", "fedstream.cli", "server", "--insecure", "--address", "127.0.0.1:0",
                "--port-file", str(port_file), "--run-dir", str(run_dir), "--rounds", str(args.rounds),
                "--clients-per-round", str(args.clients_per_round), "--min-clients", str(needed),
-               "--round-timeout", "900", "--wait-for-clients", "900", "--seed", str(args.seed),
+               "--round-timeout", f"{args.round_timeout:g}", "--wait-for-clients", "900", "--seed", str(args.seed),
                "--max-workers", str(max(256, 2 * args.clients + 32)), "--mode", args.mode,
                "--buffer-size", str(args.buffer_size), "--task", args.task, "--log-level", "WARNING"]
     command += [f for k, v in args.task_option for f in ("--task-option", f"{k}={v}")]
@@ -188,6 +192,9 @@ def run_simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error("simulation runs clients in Ray actors: pip install 'fedstream[sim]' (ray>=2.30)")
     if args.server and bool(args.tls_dir) == bool(args.insecure):
         parser.error("with --server, choose --tls-dir DIR or --insecure")
+    if args.min_clients and args.min_clients > (args.clients_per_round or args.clients):
+        parser.error(f"--min-clients {args.min_clients} exceeds the clients sampled per round "
+                     f"({args.clients_per_round or args.clients})")
     if args.gpus_per_client < 0:
         parser.error(f"--gpus-per-client must be >= 0, got {args.gpus_per_client}")
     try:
