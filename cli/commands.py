@@ -55,6 +55,8 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-setting", action="append", default=[], metavar="CLIENT_ID:KEY=VALUE[,KEY=VALUE]",
                    help="per-client training settings, repeatable: local_epochs, batch_size, learning_rate, or "
                         "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
+    p.add_argument("--federated-eval", action="store_true",
+                   help="after each round, clients also score the new model on their own test split")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
                    help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
@@ -178,6 +180,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                          "use --mode sync for differential privacy")
         if args.clients_per_round:
             parser.error("--clients-per-round samples synchronous rounds; in --mode async every idle client trains")
+        if args.federated_eval:
+            parser.error("--federated-eval follows synchronous rounds; use --mode sync")
         factory = async_coordinator(AsyncSettings.from_flags(args.buffer_size, args.staleness,
                                                              args.staleness_exponent, args.max_staleness))
     check_compression_flags(args, parser)
@@ -191,7 +195,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           client_settings=client_settings, max_sessions=args.max_sessions,
                           session_timeout=args.session_timeout, heartbeat_seconds=args.heartbeat_seconds,
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
-                          incremental_download=args.incremental_download, prune_schedule=args.prune_schedule)
+                          incremental_download=args.incremental_download, prune_schedule=args.prune_schedule,
+                          federated_eval=args.federated_eval)
     security = server_security(args, parser)
     coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
                         coordinator_factory=factory, credentials=security.credentials, auth=security.auth)

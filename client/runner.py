@@ -68,6 +68,8 @@ class FederatedClient:
         i, n = config.partition
         indices = partition_indices(task.train_labels, i, n, config.partition_scheme, config.alpha, config.partition_seed)
         self.data = _subset_tensors(task.train_data, indices)
+        self.eval_data = _subset_tensors(task.test_data, partition_indices(task.test_data.tensors[1], i, n, "iid",
+                                                                           seed=config.partition_seed))
         self.model = task.make_model().to(self.device)
         self.channel = open_channel(config.server, config.credentials, config.server_name)
         self.stub = CoordinatorStub(self.channel)
@@ -125,9 +127,9 @@ class FederatedClient:
                     except grpc.RpcError:
                         pass
                     return 0
-                if task.kind == pb.Task.TRAIN:
+                if task.kind in (pb.Task.TRAIN, pb.Task.EVALUATE):
                     try:
-                        self.train_round(task)
+                        self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
                     except grpc.RpcError as exc:
                         self._recover(exc, backoff)
                     except TransferError as exc:
@@ -166,6 +168,17 @@ class FederatedClient:
                              learning_rate=float(config.learning_rate or d.learning_rate),
                              proximal_mu=float(config.proximal_mu), max_steps=d.max_steps,
                              slowdown=float(config.options.get("slowdown", self.config.slowdown)))
+
+    def evaluate_round(self, task: pb.Task) -> None:
+        """Scores the task's global version on this client's share of the test data and reports it."""
+        got = download(self.stub, self.session.session_id, task.version, timeout=None)
+        load_state(self.model, got.state)
+        metrics = self.task.evaluate(self.model, self.eval_data, self.device)
+        self.stub.ReportEvaluation(pb.EvaluationReport(session_id=self.session.session_id, round=task.round,
+                                                       version=task.version, num_examples=len(self.eval_data),
+                                                       metrics=metrics), timeout=30)
+        log.info("client=%s round=%d evaluated version %d: accuracy %.4f", self.config.client_id, task.round,
+                 task.version, metrics.get("accuracy", float("nan")))
 
     def train_round(self, task: pb.Task) -> None:
         cid = self.config.client_id

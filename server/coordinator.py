@@ -29,6 +29,7 @@ from fedstream.server import errors
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedstream.server.client_settings import apply_client_settings
+from fedstream.server.evaluation import EvaluationRound
 from fedstream.server.round import RoundState
 from fedstream.server.model_publisher import ModelPublisher
 from fedstream.server.pruning_schedule import GlobalPruning, PruneSchedule
@@ -59,6 +60,7 @@ class ServerConfig:
     heartbeat_seconds: int = 5
     session_timeout: float = 30.0
     max_update_bytes: int = 0
+    federated_eval: bool = False
     max_sessions: int = 10_000
     wait_for_clients: float = 600.0
     local_epochs: int | None = None
@@ -116,6 +118,7 @@ class Coordinator:
         self.version = 0
         self.completed_rounds = 0
         self.round: RoundState | None = None
+        self.evaluation: EvaluationRound | None = None
         self.finished = False
         self.stopping = ""
         self.strategy_stop = ""
@@ -211,6 +214,8 @@ class Coordinator:
     def _task_for(self, client_id: str) -> pb.Task | None:
         if self.finished:
             return pb.Task(kind=pb.Task.FINISH, message=self.stopping or "the run is over")
+        if self.evaluation is not None:
+            return self.evaluation.task_for(client_id)
         rnd = self.round
         if rnd is None or rnd.closed or not rnd.is_selected(client_id):
             return None
@@ -244,7 +249,7 @@ class Coordinator:
                 raise errors.stale(f"version {version} is not served; the current global version is {self.version}")
             served = self.publisher.serve(version, have_version)
             manifest, buffers = served.manifest, served.buffers
-            rnd = self.round
+            rnd = self.round or self.evaluation
             session.held_version = version
         header = pb.ModelHeader(version=version, manifest=manifest, incremental=served.incremental,
                                 base_version=served.base_version, masked=self.publisher.masked)
@@ -411,6 +416,36 @@ class Coordinator:
                             attempt, len(rnd.accepted), self.config.min_clients)
             self._discard(rnd)
 
+    def report_evaluation(self, report: pb.EvaluationReport) -> None:
+        with self.cond:
+            client = self._session(report.session_id).client_id
+            ev = self.evaluation
+            if ev is None or ev.number != report.round or ev.version != report.version:
+                raise errors.stale(f"client {client} reported an evaluation of round {report.round} "
+                                   f"(version {report.version}); no such evaluation is open")
+            if client not in ev.assigned:
+                raise errors.denied(f"client {client} was not asked to evaluate round {ev.number}")
+            metrics = {k: float(v) for k, v in report.metrics.items()}
+            if report.num_examples < 0 or not all(map(math.isfinite, metrics.values())) or len(metrics) > MAX_METRICS:
+                raise errors.invalid(f"client {client} sent an evaluation with negative examples, non-finite or "
+                                     f"more than {MAX_METRICS} metrics")
+            ev.reports[client] = (int(report.num_examples), metrics)
+            self.cond.notify_all()
+
+    def _federated_evaluation(self, number: int) -> dict:
+        """Asks the round's connected clients (sampled like a training round) to evaluate the new version."""
+        with self.cond:
+            ev = EvaluationRound(number, self.version, self._sample(number, 0),
+                                 time.monotonic() + self.config.round_timeout)
+            self.evaluation = ev
+            self.cond.notify_all()
+            while not ev.complete() and not self.finished and time.monotonic() < ev.deadline:
+                self._expire()
+                self.cond.wait(timeout=min(1.0, max(0.0, ev.deadline - time.monotonic())))
+            self.evaluation = None
+            self.cond.notify_all()
+        return {**ev.metrics(), "federated_eval_bytes_down": ev.bytes_down}
+
     def _strategy_ends_run(self, number: int, attempt: int) -> bool:
         """Asks the strategy whether round `number` may start (DP: it would not pass --target-epsilon)."""
         with self.cond:
@@ -488,12 +523,13 @@ class Coordinator:
             self.cond.notify_all()
         for update in updates:
             update.delete()
+        federated = self._federated_evaluation(rnd.number) if self.config.federated_eval else {}
         record = {
             "round": rnd.number, "version": self.version, "attempt": rnd.attempt, "clients": len(updates),
             "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": evaluation["loss"],
             "eval_accuracy": evaluation["accuracy"], "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
             "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
-            "accepted": sorted(rnd.accepted),
+            "accepted": sorted(rnd.accepted), **federated,
             **self.strategy.round_metrics(), **self.pruning.metrics(self.global_state), **self.publisher.round_metrics(),
         }
         self.runlog.append(record)

@@ -57,6 +57,14 @@ class CoordinatorServicer:
 
         return _call(context, leave)
 
+    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationReply:
+        def report() -> pb.EvaluationReply:
+            self._bound(context, request.session_id)
+            self.coordinator.report_evaluation(request)
+            return pb.EvaluationReply(accepted=True)
+
+        return _call(context, report)
+
     def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk | DataChunk]:
         def open_download():
             self._bound(context, request.session_id)
@@ -160,6 +168,9 @@ def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
             _checked(servicer.Heartbeat), _lenient(pb.HeartbeatRequest.FromString), pb.HeartbeatReply.SerializeToString),
         "Leave": grpc.unary_unary_rpc_method_handler(
             _checked(servicer.Leave), _lenient(pb.LeaveRequest.FromString), pb.LeaveReply.SerializeToString),
+        "ReportEvaluation": grpc.unary_unary_rpc_method_handler(
+            _checked(servicer.ReportEvaluation), _lenient(pb.EvaluationReport.FromString),
+            pb.EvaluationReply.SerializeToString),
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
             _checked(servicer.DownloadModel), _lenient(pb.DownloadRequest.FromString), serializer),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
