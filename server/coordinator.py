@@ -284,10 +284,7 @@ class Coordinator:
                 raise errors.already_exists(f"client {client} already delivered its update for round {rnd.number}")
             if client in rnd.uploading:
                 raise errors.aborted(f"client {client} already has an upload in flight for round {rnd.number}")
-            if not 0 <= header.num_examples <= session.num_examples:
-                raise errors.invalid(f"client {client} reported num_examples={header.num_examples} in its update; "
-                                     f"it joined with {session.num_examples}, the most an update may claim")
-            _check_update_fields(client, header)
+            _check_update_fields(client, header, session.num_examples)
             allowed = accepted_codecs(session.upload_codec)
             try:
                 layout = check_manifest(header.manifest, self.reference, allowed, f"client {client}",
@@ -580,8 +577,11 @@ MAX_METRICS = 64
 MAX_LABEL_CHARS = 128
 
 
-def _check_update_fields(client: str, header: pb.UpdateHeader) -> None:
+def _check_update_fields(client: str, header: pb.UpdateHeader, joined_examples: int) -> None:
     """Bounds on the header's free-form fields, so a client cannot bloat the run log or poison its numbers."""
+    if not 0 <= header.num_examples <= joined_examples:
+        raise errors.invalid(f"client {client} reported num_examples={header.num_examples} in its update; "
+                             f"it joined with {joined_examples}, the most an update may claim")
     if len(header.upload_id) > MAX_LABEL_CHARS:
         raise errors.invalid(f"client {client} sent a {len(header.upload_id)}-char upload_id; at most {MAX_LABEL_CHARS}")
     if len(header.metrics) > MAX_METRICS:

@@ -190,10 +190,7 @@ class AsyncCoordinator(Coordinator):
             self._admit(client, ticket.version)
             if client in self.uploading:
                 raise errors.aborted(f"client {client} already has an upload in flight")
-            if not 0 <= header.num_examples <= session.num_examples:
-                raise errors.invalid(f"client {client} reported num_examples={header.num_examples} in its update; "
-                                     f"it joined with {session.num_examples}, the most an update may claim")
-            _check_update_fields(client, header)
+            _check_update_fields(client, header, session.num_examples)
             try:
                 layout = check_manifest(header.manifest, self.reference, {session.upload_codec, "raw"},
                                         f"client {client}", self.max_update_bytes)
