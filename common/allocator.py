@@ -5,7 +5,7 @@ so each 1 MiB chunk can cost page faults; keeping chunk-sized buffers on the hea
 streaming (shared/reference/figures.md). Tensors are another matter: a model-sized state is made of
 multi-MiB tensors that come and go every round, and on the heap their freed space stays resident (and, with
 many threads, is spread over many arenas), so peak RSS would grow with the number of clients. So the mmap
-threshold sits just above one chunk: chunks stay on the heap, tensors get their own mappings and go back to
+threshold sits just above two chunks: chunks stay on the heap, tensors get their own mappings and go back to
 the OS when freed; the heap keeps only a few chunks' worth of free memory at its top, and the number of
 arenas is bounded. Settings given in the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
 MALLOC_ARENA_MAX) win over these.
