@@ -145,5 +145,5 @@ def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: 
     result.wall_seconds = [b - a for a, b in zip(stamps, stamps[1:])]
     result.cpu_per_round = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(watcher.cpu, watcher.cpu[1:])]
     result.model_bytes = int(sum(r["bytes_up"] + r["bytes_down"] for r in records) / max(len(records), 1))
-    result.wire_total = sent + received
+    result.wire_total = sent + received if traffic.available else -1
     return result

@@ -122,7 +122,7 @@ def run_flower(workdir: Path, clients: int, params: str, rounds: int, timeout: f
     result.model_bytes = 2 * clients * int(records[0]["model_bytes"])
     result.server_peak = peaks.tree_peak("server")
     result.client_peaks = [peaks.tree_peak(f"client-{i}") for i in range(clients)]
-    result.wire_total = sent + received
+    result.wire_total = sent + received if traffic.available else -1
     result.notes = (f"wire bytes of connections never seen alive (not counted): {unattributed / 1e6:.0f} MB; "
                     f"server tree: {_mb(peaks.by_name('server'))}; "
                     f"client-0 tree: {_mb(peaks.by_name('client-0'))}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -147,8 +148,9 @@ class PortTraffic(threading.Thread):
         self._accept: Callable[[int], bool] | None = None
         self._lock = threading.Lock()
         self._halt = threading.Event()
-        self._events = subprocess.Popen(["stdbuf", "-oL", "ss", "-tinEH"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True)
+        self.available = shutil.which("ss") is not None and shutil.which("stdbuf") is not None
+        self._events = subprocess.Popen(["stdbuf", "-oL", "ss", "-tinEH"] if self.available else ["true"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._event_reader = threading.Thread(target=self._read_events, daemon=True, name=f"ss-events-{port}")
         self._event_reader.start()
 
@@ -180,7 +182,7 @@ class PortTraffic(threading.Thread):
 
     def _owners(self) -> None:
         """Remembers, for each new client-side address, whether its process is one we count."""
-        if self._accept is None:
+        if self._accept is None or not self.available:
             return
         out = subprocess.run(["ss", "-tnpH", f"( dport = :{self.port} )"], capture_output=True, text=True).stdout
         for line in out.splitlines():
@@ -190,6 +192,8 @@ class PortTraffic(threading.Thread):
                 self.owner_ok[fields[3]] = self._accept(int(pid.group(1)))
 
     def sample(self) -> None:
+        if not self.available:
+            return
         self._owners()
         out = subprocess.run(["ss", "-tinH", f"( sport = :{self.port} )"], capture_output=True, text=True).stdout
         header: list[str] | None = None
