@@ -174,4 +174,8 @@ def run_cluster_client(task: Task, config: ClientConfig) -> int:
             return ClusterClient(task, replace(config, device=str(device)), topology).run()
         return serve_rank(task, config, device, topology)
     finally:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            log.warning("client=%s rank %d: peers gone before teardown (%s)", config.client_id, topology.rank, exc)
         dist.destroy_process_group()

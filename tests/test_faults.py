@@ -300,7 +300,7 @@ def test_sigterm_abandons_the_round_keeps_the_checkpoint_and_tells_clients_to_st
     run_dir = tmp_path / "run"
     server = start_server(run_dir, "--rounds", "50", "--min-clients", "2", "--round-timeout", "60", *SMALL)
     try:
-        clients = [start_client(server, *CLIENT, "--partition", f"{i}/2", "--slowdown", "4") for i in range(2)]
+        clients = [start_client(server, *CLIENT, "--partition", f"{i}/2", "--slowdown", "150") for i in range(2)]
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", "fedstream.v1.Coordinator"):
