@@ -219,8 +219,11 @@ class Coordinator:
         rnd = self.round
         if rnd is None or rnd.closed or not rnd.is_selected(client_id):
             return None
-        if client_id in rnd.accepted or client_id in rnd.dropped or client_id in rnd.assigned:
+        if client_id in rnd.accepted or client_id in rnd.dropped or client_id in rnd.uploading:
             return None
+        if client_id in rnd.assigned:
+            log.info("round=%d client=%s asked again before delivering: its task reply was lost or its work failed; "
+                     "sending the task again", rnd.number, client_id)
         rnd.assigned.add(client_id)
         return pb.Task(kind=pb.Task.TRAIN, round=rnd.number, version=rnd.base_version,
                        config=self._train_config(rnd, client_id))
