@@ -12,7 +12,7 @@ from typing import Mapping
 
 import grpc
 import torch
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
 from fedstream.client.device import resolve_device

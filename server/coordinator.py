@@ -19,7 +19,6 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from fedstream.common.codec import available_codecs
 from fedstream.common.codec_plan import accepted_codecs, compression_options
 from fedstream.common.manifest import ManifestError, check_manifest, reference_of
 from fedstream.common.proto import coordinator_pb2 as pb
@@ -302,9 +301,9 @@ class Coordinator:
         writer = SpoolWriter(self.spool_dir / f"round-{rnd.number}", layout, int(header.manifest.total_bytes))
         return UploadSink(client, info, writer, rnd)
 
-    def finish_upload(self, sink: UploadSink, trailer: pb.Trailer) -> None:
-        """Validates the whole stream, folds it into the running aggregate, and records it as accepted."""
-        client, rnd = sink.client_id, sink.round_state
+    def validated_update(self, sink: UploadSink, trailer: pb.Trailer) -> SpooledUpdate:
+        """The spooled update once its length, CRC and values (finite; norm recorded) check out; else a refusal."""
+        client = sink.client_id
         try:
             update = sink.writer.finish(trailer.crc32, trailer.total_bytes)
         except StreamIntegrityError as exc:
@@ -317,6 +316,12 @@ class Coordinator:
             self.abort_upload(sink, f"rejected: {exc}")
             raise errors.invalid(f"client {client}: {exc}; the update was discarded") from None
         update.info = sink.info
+        return update
+
+    def finish_upload(self, sink: UploadSink, trailer: pb.Trailer) -> None:
+        """Validates the whole stream, folds it into the running aggregate, and records it as accepted."""
+        client, rnd = sink.client_id, sink.round_state
+        update = self.validated_update(sink, trailer)
         with self.cond:
             if rnd.closed:
                 rnd.uploading.pop(client, None)

@@ -29,12 +29,12 @@ from fedstream.common.manifest import ManifestError, check_manifest, encode_stat
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire import Crc32, iter_chunks
 from fedstream.server import errors
-from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
+from fedstream.server.aggregator import StreamingAggregator
 from fedstream.server.checkpoint import Checkpoint, save_checkpoint
 from fedstream.server.coordinator import (Coordinator, DownloadStream, Duplicate, ServerConfig, UploadSink,
                                           _check_update_fields, check_finite, seed_round)
 from fedstream.server.sessions import UnknownSession
-from fedstream.server.spool import SpoolError, SpoolWriter, SpooledUpdate, StreamIntegrityError, UpdateInfo
+from fedstream.server.spool import SpoolWriter, SpooledUpdate, UpdateInfo
 from fedstream.server.staleness import InverseSqrt, Staleness, make_staleness
 from fedstream.server.strategies import RoundUpdates, Strategy
 
@@ -207,18 +207,7 @@ class AsyncCoordinator(Coordinator):
     def finish_upload(self, sink: UploadSink, trailer: pb.Trailer) -> None:
         """Validates the stream, waits for room in the buffer, folds it with its staleness discount."""
         client, ticket, info = sink.client_id, sink.round_state, sink.info
-        try:
-            update = sink.writer.finish(trailer.crc32, trailer.total_bytes)
-        except StreamIntegrityError as exc:
-            self.abort_upload(sink, f"stream failed its integrity check: {exc}")
-            raise errors.data_loss(f"client {client}: {exc}") from None
-        try:
-            info.sq_norm = inspect_update(update)
-        except (NonFiniteUpdateError, SpoolError) as exc:
-            update.delete()
-            self.abort_upload(sink, f"rejected: {exc}")
-            raise errors.invalid(f"client {client}: {exc}; the update was discarded") from None
-        update.info = info
+        update = self.validated_update(sink, trailer)
         with self.cond:
             while not self.buffer.has_room(self.settings.buffer_size) and not self.finished:
                 self.cond.wait(timeout=1.0)
