@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from fedstream.common.manifest import encode_state, layout_of
-from fedstream.common.wire import Crc32, iter_chunks
 from fedstream.server.aggregator import NonFiniteUpdateError, inspect_update
 from fedstream.server.inspection import StreamInspection
-from fedstream.server.spool import SpoolWriter
+from tests.test_aggregator import spool
 
 
 def _awkward_state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
@@ -25,16 +24,6 @@ def _awkward_state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
     ])
 
 
-def _spool(directory: Path, state, chunk: int):
-    manifest, buffers = encode_state(state, "raw")
-    writer = SpoolWriter(directory, layout_of(manifest), manifest.total_bytes)
-    crc = Crc32()
-    for piece in iter_chunks(buffers, chunk):
-        crc.update(piece)
-        writer.write(piece)
-    return writer.finish(crc.value, crc.nbytes)
-
-
 def _exact_sq_norm(state) -> float:
     return sum(float(t.double().square().sum()) for t in state.values() if t.dtype.is_floating_point)
 
@@ -42,7 +31,7 @@ def _exact_sq_norm(state) -> float:
 @pytest.mark.parametrize("chunk", [1, 3, 5, 64, 1000, 1 << 20])
 def test_norm_while_streaming_matches_reading_back(tmp_path: Path, chunk: int) -> None:
     state = _awkward_state(torch.Generator().manual_seed(chunk))
-    update = _spool(tmp_path, state, chunk)
+    update = spool(tmp_path, state, chunk)
     assert update.inspection is not None
     assert "bf" not in update.inspection.covered and {"half", "w", "d"} <= update.inspection.covered
     assert inspect_update(update) == pytest.approx(_exact_sq_norm(state), rel=1e-12)
@@ -57,7 +46,7 @@ def test_nan_anywhere_is_caught_at_any_chunking(tmp_path: Path, where: tuple[str
     name, index = where
     state[name].view(-1)[index] = float("nan") if rng.random() < 0.5 else float("inf")
     for chunk in (1, 2, 7, 4096):
-        update = _spool(tmp_path / str(chunk), state, chunk)
+        update = spool(tmp_path / str(chunk), state, chunk)
         with pytest.raises(NonFiniteUpdateError, match=f"tensor {name} "):
             inspect_update(update)
 
@@ -77,7 +66,7 @@ def test_feed_accepts_pieces_that_skip_non_float_tensors() -> None:
 
 def test_pieces_reuse_one_buffer_but_yield_the_right_values(tmp_path: Path) -> None:
     state = _awkward_state(torch.Generator().manual_seed(2))
-    update = _spool(tmp_path, state, 100)
+    update = spool(tmp_path, state, 100)
     for slice_bytes in (4, 24, 1 << 20):
         seen: dict[str, list[torch.Tensor]] = {}
         for item, start, values in update.pieces(slice_bytes):
