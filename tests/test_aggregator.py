@@ -98,4 +98,4 @@ def test_nan_updates_are_detected_before_folding(tmp_path: Path) -> None:
         inspect_update(spool(tmp_path, u, 4096))
     u["emb"][100, 3] = 0.0
     sq = inspect_update(spool(tmp_path, u, 4096))
-    assert sq == pytest.approx(sum(float(t.double().square().sum()) for t in u.values()), rel=1e-9)
+    assert sq == pytest.approx(sum(float(t.double().square().sum()) for t in u.values()), rel=1e-7)  # float32 windows
