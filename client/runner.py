@@ -78,6 +78,7 @@ class FederatedClient:
         self.rounds_trained = 0
         self.held = HeldModel()
         self.feedback = ErrorFeedback()
+        self._spare: torch.Tensor | None = None  # last download buffer, reused when nothing refers to it
 
     # ----- session ------------------------------------------------------------------------------------------
 
@@ -185,9 +186,11 @@ class FederatedClient:
         started = time.perf_counter()
         run_id, options = self.session.run_id, task.config.options
 
+        spare, self._spare = self._spare, None
+
         def fetch(have_version: int):
             return download(self.stub, self.session.session_id, task.version, have_version=have_version, timeout=None,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", reuse=spare)
 
         base, got = self.held.receive(fetch(self.held.have_version(run_id)), run_id, options.get(INCREMENTAL) == "1",
                                       lambda: fetch(0))
@@ -226,6 +229,8 @@ class FederatedClient:
                     raise
                 time.sleep(0.5 * 2 ** attempt)
         self.feedback.commit(encoded)
+        if self.held.state is not base and not encoded.residual:
+            self._spare = got.buffer  # nothing refers to this round's download any more
         self.rounds_trained += 1
         log.info("client=%s round=%d uploaded %.1f MB in %.2f s (%s)", cid, task.round, nbytes / 1e6,
                  time.perf_counter() - started, "duplicate" if reply.duplicate else "accepted")

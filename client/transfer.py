@@ -28,13 +28,16 @@ class Downloaded:
     masked: list[str]
     incremental: bool = False
     base_version: int = 0
+    buffer: torch.Tensor | None = None
 
 
 def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None,
-             pin_memory: bool = False) -> Downloaded:
+             pin_memory: bool = False, reuse: torch.Tensor | None = None) -> Downloaded:
     """Receives the manifest, writes chunks straight into one preallocated buffer, checks length and CRC.
 
     pin_memory: page-lock that buffer (a GPU client copies it to the device asynchronously).
+    reuse: a previous download's buffer that nothing references any more; used when it is large enough, which
+    spares faulting in and zeroing a fresh model-sized allocation every round.
     """
     stream = stub.DownloadModel(pb.DownloadRequest(session_id=session_id, version=version, have_version=have_version),
                                 timeout=timeout)
@@ -50,7 +53,7 @@ def download(stub, session_id: str, version: int, have_version: int = 0, timeout
             part = message.WhichOneof("part")
             if part == "header":
                 header = message.header
-                buffer = host_buffer(header.manifest.total_bytes, pin_memory)
+                buffer = _buffer(header.manifest.total_bytes, pin_memory, reuse)
                 view = memoryview(buffer.numpy())
                 continue
             if part == "trailer":
@@ -70,7 +73,13 @@ def download(stub, session_id: str, version: int, have_version: int = 0, timeout
         raise TransferError(f"download of version {version} is corrupt: got {crc.nbytes} bytes "
                             f"(crc {crc.value:#010x}), trailer says {trailer.total_bytes} (crc {trailer.crc32:#010x})")
     return Downloaded(header.version, decode_state(header.manifest, view), crc.nbytes, list(header.masked),
-                      header.incremental, header.base_version)
+                      header.incremental, header.base_version, buffer)
+
+
+def _buffer(nbytes: int, pin_memory: bool, reuse: torch.Tensor | None) -> torch.Tensor:
+    if reuse is not None and reuse.numel() >= nbytes and reuse.is_pinned() == pin_memory:
+        return reuse[:nbytes]
+    return host_buffer(nbytes, pin_memory)
 
 
 def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int,

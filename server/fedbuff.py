@@ -109,7 +109,6 @@ class AsyncCoordinator(Coordinator):
         self.accepted_uploads: OrderedDict[str, None] = OrderedDict()
         self.served: OrderedDict[int, OrderedDict[str, torch.Tensor]] = OrderedDict({self.version: self.global_state})
         self.buffer = Buffer(StreamingAggregator(self.global_state))
-        self.async_spool = self.spool_dir / "async"
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         super()._restore(checkpoint)
@@ -201,7 +200,7 @@ class AsyncCoordinator(Coordinator):
         metrics = {k: float(v) for k, v in header.metrics.items()}
         info = UpdateInfo(client, header.round, header.base_version, int(header.num_examples), metrics,
                           header.upload_id)
-        writer = SpoolWriter(self.async_spool, layout, int(header.manifest.total_bytes))
+        writer = SpoolWriter(self.spool, layout, int(header.manifest.total_bytes))
         return UploadSink(client, info, writer, ticket)
 
     def finish_upload(self, sink: UploadSink, trailer: pb.Trailer) -> None:

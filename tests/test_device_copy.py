@@ -71,3 +71,13 @@ def test_load_state_refuses_a_mismatched_shape_like_load_state_dict() -> None:
     bad["fc.weight"] = torch.zeros(3, 5)
     with pytest.raises((RuntimeError, ValueError), match="fc.weight"):
         load_state(model, bad)
+
+
+def test_a_spare_download_buffer_is_reused_only_when_it_fits() -> None:
+    from fedstream.client.transfer import _buffer
+
+    spare = torch.empty(1000, dtype=torch.uint8)
+    reused = _buffer(600, False, spare)
+    assert reused.numel() == 600 and reused.data_ptr() == spare.data_ptr()
+    assert _buffer(1001, False, spare).data_ptr() != spare.data_ptr(), "too small: a fresh buffer is needed"
+    assert _buffer(10, False, None).numel() == 10

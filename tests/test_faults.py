@@ -318,3 +318,28 @@ def test_sigterm_abandons_the_round_keeps_the_checkpoint_and_tells_clients_to_st
     checkpoint = load_checkpoint(run_dir)
     assert_same_model(load_file(str(run_dir / "model.safetensors")), checkpoint.global_state, atol=0)
     assert all("server stopped by SIGTERM" in server.client_log(i) for i in range(2))
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_caught_and_older_sha256_checkpoints_still_load(tmp_path: Path) -> None:
+    state = OrderedDict(w=torch.arange(64, dtype=torch.float32))
+    run_dir = tmp_path / "run"
+    for version in (1, 2):
+        save_checkpoint(run_dir, Checkpoint(OrderedDict(w=state["w"] + version), version, version, {}, {}))
+    directory = run_dir / "checkpoint"
+    model = directory / "global-v2.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-5] ^= 0x10  # same length, one bit of one weight
+    model.write_bytes(bytes(data))
+    assert load_checkpoint(run_dir).version == 1
+
+    import hashlib
+
+    meta_path = directory / "state-v1.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in meta.pop("crc32")}
+    meta_path.write_text(json.dumps(meta))
+    assert load_checkpoint(run_dir).version == 1, "a checkpoint written with SHA-256 digests must still load"
+    meta["sha256"][meta["model"]] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(run_dir)

@@ -158,7 +158,7 @@ def _assert_untouched(fed: Federation, round_number: int) -> None:
     rnd = fed.coordinator.round
     assert rnd is not None and rnd.number == round_number and not rnd.accepted and not rnd.uploading
     assert rnd.aggregator is None or rnd.aggregator.count == 0
-    assert not list(fed.coordinator.spool_dir.glob("**/*.bin")), "a refused stream left its spool file behind"
+    assert fed.coordinator.spool.in_use == 0, "a refused stream still holds its spool file"
     for name, tensor in fed.initial.items():
         assert torch.equal(fed.coordinator.global_state[name], tensor), name
 
