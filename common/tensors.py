@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Mapping
 
@@ -61,6 +62,17 @@ def from_bytes(data: memoryview | bytes | bytearray, dtype: torch.dtype, shape: 
     if dtype == torch.bool:
         return flat.view(torch.bool).reshape(shape)
     return flat.view(dtype).reshape(shape)
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no ±Inf. Tried first as one sum (finite whenever every element is; ~20x cheaper than
+    isfinite().all() on a model, which is only run when the sum is not finite, as finite values may overflow it)."""
+    if not tensor.dtype.is_floating_point or tensor.numel() == 0:
+        return True
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    if math.isfinite(float(tensor.sum(dtype=wide))):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def is_floating(dtype: torch.dtype) -> bool:

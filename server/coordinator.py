@@ -23,6 +23,7 @@ from fedstream.common.codec_plan import accepted_codecs, compression_options
 from fedstream.common.manifest import ManifestError, check_manifest, reference_of
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task
+from fedstream.common.tensors import all_finite
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, Crc32, iter_chunks
 from fedstream.server import errors
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
@@ -612,7 +613,7 @@ def seed_round(seed: int, number: int) -> None:
 
 def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
     for name, tensor in state.items():
-        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise ValueError(f"{what} holds NaN or Inf in {name}; the global model was left unchanged")
 
 

@@ -1,6 +1,7 @@
 import random
 
 import pytest
+import torch
 
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire import DataChunk, deserializer, frame_data, iter_chunks, serializer
@@ -48,3 +49,18 @@ def test_running_crc_matches_zlib_whatever_the_chunking() -> None:
             crc.update(memoryview(data)[pos : pos + step])
             pos += step
         assert (crc.value, crc.nbytes) == (zlib.crc32(data), len(data))
+
+
+def test_all_finite_agrees_with_isfinite_including_overflowing_sums() -> None:
+    from fedstream.common.tensors import all_finite
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        values = torch.ones(1000, dtype=dtype)
+        assert all_finite(values)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            broken = values.clone()
+            broken[999] = bad
+            assert not all_finite(broken), (dtype, bad)
+    huge = torch.full((10,), 3e38)  # every element finite, their sum is not
+    assert all_finite(huge)
+    assert all_finite(torch.tensor([1, 2], dtype=torch.int64)) and all_finite(torch.empty(0))

@@ -11,6 +11,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
+from fedstream.common.tensors import all_finite
 from fedstream.server.aggregator import accumulator_dtype
 from fedstream.server.strategies.base import Strategy
 
@@ -48,7 +49,7 @@ class ServerOptimizer(Strategy):
                 continue
             change = self.step(name, d.to(accumulator_dtype(g.dtype)))
             out[name] = (g.to(change.dtype) + change).to(g.dtype)
-            if not bool(torch.isfinite(out[name]).all()):
+            if not all_finite(out[name]):
                 self.buffers = saved
                 raise ValueError(f"strategy {self.name}: the step for {name} is not finite (aggregated delta norm "
                                  f"{float(d.double().norm()):.3g}); optimiser state kept from the previous round")
