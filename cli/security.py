@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedstream.cli.options import positive_float, positive_int
+from fedstream.cli.options import non_negative_int, positive_float, positive_int
+from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
 
 CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
           "network you trust)")
@@ -34,6 +35,10 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
                    help="require per-client tokens HMAC(secret, client id); fedstream certs --tokens writes the secret")
     g.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no client authentication")
     g.add_argument("--max-sessions", type=positive_int, default=10_000, help="most clients connected at once")
+    g.add_argument("--max-transfers", type=non_negative_int, default=DEFAULT_TRANSFER_LIMIT,
+                   help="most model downloads and uploads streaming at once (others wait their turn, so server memory "
+                        "does not grow with the number of clients; a transfer stalled for 5 s stops counting); "
+                        "0: no limit")
     g.add_argument("--session-timeout", type=positive_float, default=30.0,
                    help="seconds without contact before a client's session expires")
     g.add_argument("--heartbeat-seconds", type=positive_int, default=5, help="how often clients send heartbeats")

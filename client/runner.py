@@ -220,7 +220,8 @@ class FederatedClient:
                 reply, nbytes = upload(self.stub, self.session.session_id, task.round, task.version, delta,
                                        len(self.data), metrics, self.session.upload_codec, self.session.chunk_bytes,
                                        upload_id=upload_id, chunk_delay=self.config.upload_chunk_delay,
-                                       encoded=(encoded.manifest, encoded.buffers))
+                                       encoded=(encoded.manifest, encoded.buffers),
+                                       admission=self.session.upload_admission)
                 break
             except grpc.RpcError as exc:
                 # ABORTED: the server still holds this client's previous (broken) stream; the same upload_id is

