@@ -55,6 +55,8 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-setting", action="append", default=[], metavar="CLIENT_ID:KEY=VALUE[,KEY=VALUE]",
                    help="per-client training settings, repeatable: local_epochs, batch_size, learning_rate, or "
                         "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
+    p.add_argument("--eval-every", type=positive_int, default=1,
+                   help="evaluate the global model on the server's test data every N rounds (and after the last)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
@@ -197,14 +199,16 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           session_timeout=args.session_timeout, heartbeat_seconds=args.heartbeat_seconds,
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
                           incremental_download=args.incremental_download, prune_schedule=args.prune_schedule,
-                          federated_eval=args.federated_eval)
+                          federated_eval=args.federated_eval, eval_every=args.eval_every)
     security = server_security(args, parser)
     coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
                         coordinator_factory=factory, credentials=security.credentials, auth=security.auth)
     records = coordinator.runlog.records()
-    if records:
-        last = records[-1]
-        print(f"final accuracy {last['eval_accuracy']:.4f} after {last['round']} rounds; run directory {run_dir}")
+    evaluated = [r for r in records if r.get("eval_accuracy") is not None]
+    if evaluated:
+        last = evaluated[-1]
+        print(f"final accuracy {last['eval_accuracy']:.4f} after {records[-1]['round']} rounds (evaluated after "
+              f"round {last['round']}); run directory {run_dir}")
     if coordinator.strategy_stop:
         print(f"ended early: {coordinator.strategy_stop}")
     if coordinator.stopping:

@@ -64,6 +64,7 @@ class ServerConfig:
     session_timeout: float = 30.0
     max_update_bytes: int = 0
     federated_eval: bool = False
+    eval_every: int = 1
     max_sessions: int = 10_000
     max_transfers: int = DEFAULT_TRANSFER_LIMIT
     wait_for_clients: float = 600.0
@@ -522,7 +523,7 @@ class Coordinator:
             return False
         masks_changed = self.pruning.after_round(rnd.number, new_state)
         published = self.publisher.prepare(self.version + 1, new_state, self.pruning.masked, masks_changed)
-        evaluation = self.evaluate(new_state)
+        evaluation = self.evaluate_after(rnd.number, new_state)
         infos = [u.info for u in updates if u.info is not None]
         weight = sum(i.num_examples for i in infos)
         train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
@@ -549,8 +550,7 @@ class Coordinator:
             connected = self.sessions.client_ids()
         save_checkpoint(self.run_dir, Checkpoint(self.global_state, self.version, self.completed_rounds,
                                                  self.strategy.state_dict(), {"clients": connected}))
-        log.info("round=%d closed: %d update(s), eval accuracy %.4f, loss %.4f", rnd.number, len(updates),
-                 evaluation["accuracy"], evaluation["loss"])
+        log.info("round=%d closed: %d update(s), %s", rnd.number, len(updates), describe(evaluation))
         if self.on_round is not None:
             self.on_round(record)
         return True
@@ -558,6 +558,14 @@ class Coordinator:
     def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state, assign=True)
         return self.task.evaluate(self.model, self.task.test_data, torch.device("cpu"))
+
+    def evaluate_after(self, number: int, state: OrderedDict[str, torch.Tensor]) -> dict[str, float | None]:
+        """Server-side evaluation of round (or version) `number`: every eval_every-th one and the last one;
+        loss and accuracy are None for the others."""
+        if number % max(1, self.config.eval_every) and number < self.config.rounds:
+            self.model.load_state_dict(state, assign=True)  # no copy; lets the previous version's tensors go
+            return {"loss": None, "accuracy": None}
+        return self.evaluate(state)
 
     def stop(self, reason: str) -> None:
         """Ends the run early (SIGTERM): the open round is abandoned and polling clients are told to finish.
@@ -606,6 +614,13 @@ def _check_update_fields(client: str, header: pb.UpdateHeader, joined_examples: 
         if len(key) > MAX_LABEL_CHARS or not math.isfinite(value):
             raise errors.invalid(f"client {client} sent metric {key[:40]!r}={value}; names are at most "
                                  f"{MAX_LABEL_CHARS} chars and values must be finite")
+
+
+def describe(evaluation: Mapping[str, float | None]) -> str:
+    """The log's words for a round's server-side evaluation."""
+    if evaluation.get("accuracy") is None:
+        return "not evaluated (--eval-every)"
+    return f"eval accuracy {evaluation['accuracy']:.4f}, loss {evaluation['loss']:.4f}"
 
 
 def seed_round(seed: int, number: int) -> None:

@@ -32,7 +32,7 @@ from fedstream.server import errors
 from fedstream.server.aggregator import StreamingAggregator
 from fedstream.server.checkpoint import Checkpoint, save_checkpoint
 from fedstream.server.coordinator import (Coordinator, DownloadStream, Duplicate, ServerConfig, UploadSink,
-                                          _check_update_fields, check_finite, seed_round)
+                                          _check_update_fields, check_finite, describe, seed_round)
 from fedstream.server.sessions import UnknownSession
 from fedstream.server.spool import SpoolWriter, SpooledUpdate, UpdateInfo
 from fedstream.server.staleness import InverseSqrt, Staleness, make_staleness
@@ -360,7 +360,7 @@ class AsyncCoordinator(Coordinator):
             self.buffer = Buffer(StreamingAggregator(new_state))
             connected = len(self.sessions)
             self.cond.notify_all()
-        evaluation = self.evaluate(new_state)
+        evaluation = self.evaluate_after(self.version, new_state)
         infos = [u.info for u in updates if u.info is not None]
         weight = sum(i.num_examples for i in infos)
         train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
@@ -382,9 +382,8 @@ class AsyncCoordinator(Coordinator):
         save_checkpoint(self.run_dir, Checkpoint(new_state, self.version, self.completed_rounds,
                                                  self.strategy.state_dict(),
                                                  {"mode": "async", "tasks_issued": self.tasks_issued}))
-        log.info("version=%d published: %d update(s), staleness mean %.2f max %d, eval accuracy %.4f, loss %.4f",
-                 self.version, len(updates), record["staleness_mean"], record["staleness_max"],
-                 evaluation["accuracy"], evaluation["loss"])
+        log.info("version=%d published: %d update(s), staleness mean %.2f max %d, %s",
+                 self.version, len(updates), record["staleness_mean"], record["staleness_max"], describe(evaluation))
         if self.on_round is not None:
             self.on_round(record)
         return True

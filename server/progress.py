@@ -32,13 +32,14 @@ class RoundProgress:
         self.progress.update(self.task_id, status=text)
 
     def round_done(self, record: dict) -> None:
-        line = (f"round {record['round']}/{self.total}  clients {record['clients']}/{record['selected']}  "
-                f"acc {record['eval_accuracy']:.4f}  loss {record['eval_loss']:.4f}  "
+        evaluated = record.get("eval_accuracy") is not None
+        scores = f"acc {record['eval_accuracy']:.4f}  loss {record['eval_loss']:.4f}" if evaluated else "acc -"
+        line = (f"round {record['round']}/{self.total}  clients {record['clients']}/{record['selected']}  {scores}  "
                 f"up {record['bytes_up'] / 1e6:.1f} MB  down {record['bytes_down'] / 1e6:.1f} MB  "
                 f"{record['seconds']:.2f} s")
         if "epsilon" in record:
             line += f"  ε {record['epsilon']:.3f}"
-        self.progress.update(self.task_id, completed=record["round"], status=f"acc {record['eval_accuracy']:.4f}")
+        self.progress.update(self.task_id, completed=record["round"], status=scores.split("  ")[0])
         self.console.print(line, highlight=False)
 
     def callback(self) -> Callable[[dict], None]:

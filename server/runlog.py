@@ -55,7 +55,7 @@ class RunLog:
 
     def plot(self) -> Path | None:
         """accuracy.png: eval accuracy and loss per round (None when no round completed)."""
-        records = self.records()
+        records = [r for r in self.records() if r.get("eval_accuracy") is not None]
         if not records:
             return None
         import matplotlib

@@ -45,3 +45,30 @@ def test_config_file_with_unknown_key_is_refused(tmp_path: Path) -> None:
     config.write_text("roundz = 7\n")
     result = subprocess.run(CLI + ["server", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "roundz" in result.stderr.strip().splitlines()[-1]
+
+
+def test_eval_every_skips_server_evaluation_but_never_the_last_round(tmp_path) -> None:
+    from fedstream.common.tasks import load_task
+    from fedstream.server.coordinator import Coordinator, ServerConfig
+    from fedstream.server.progress import RoundProgress
+    from fedstream.server.runlog import RunLog
+    from fedstream.server.strategies import make_strategy
+
+    coordinator = Coordinator(load_task("digits", {"hidden": "8"}), make_strategy("fedavg"),
+                              ServerConfig(run_dir=tmp_path, rounds=5, eval_every=2))
+    state = coordinator.global_state
+    assert [coordinator.evaluate_after(n, state)["accuracy"] is None for n in range(1, 6)] == [
+        True, False, True, False, False]
+    fresh = {k: v.clone() for k, v in state.items()}
+    coordinator.evaluate_after(1, fresh)
+    held = dict(coordinator.model.state_dict())
+    assert all(held[k].data_ptr() == fresh[k].data_ptr() for k in fresh), \
+        "a skipped evaluation must still let go of the previous version (the model would keep it alive)"
+    record = {"round": 1, "clients": 1, "selected": 1, "eval_accuracy": None, "eval_loss": None,
+              "bytes_up": 0, "bytes_down": 0, "seconds": 0.1, "train_loss": None}
+    RoundProgress(5).round_done(record)  # prints "acc -" instead of failing on None
+    log = RunLog(tmp_path / "log")
+    log.append(record)
+    assert log.plot() is None, "a run with no evaluated round has nothing to plot"
+    log.append({**record, "round": 2, "eval_accuracy": 0.5, "eval_loss": 1.0})
+    assert log.plot() is not None
