@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -80,6 +80,15 @@ def synthetic_model_bytes(params: str) -> int:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def warm(r: RunResult, warmup: int) -> RunResult:
+    """The run without its first `warmup` rounds (both systems pay one-off start-up costs in round 1)."""
+    if warmup <= 0 or len(r.round_seconds) <= warmup:
+        return r
+    skip = max(0, warmup - 1)  # wall and CPU entries measure rounds 2, 3, ...: entry i belongs to round i + 2
+    return replace(r, round_seconds=r.round_seconds[warmup:], wall_seconds=r.wall_seconds[skip:],
+                   cpu_per_round=r.cpu_per_round[skip:])
 
 
 def slope(points: list[tuple[int, int]]) -> float | None:
@@ -159,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of grpc (the floor), fedstream, flower")
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--floor-reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="first rounds left out of the medians, for every system (default 1: the cold round)")
     args = parser.parse_args(argv)
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
     unknown = systems - {"grpc", "fedstream", "flower"}
@@ -183,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             r = run_fedstream(workdir, n, args.params, args.rounds)
             results.append(r)
-            print(f"fedstream {n} clients done in {time.monotonic() - started:.0f} s: {row(r, args.rounds)}", flush=True)
+            print(f"fedstream {n} clients done in {time.monotonic() - started:.0f} s: "
+                  f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
     if "flower" in systems:
         from flower_run import run_flower
 
@@ -197,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             r = run_flower(workdir, n, args.params, args.rounds)
             results.append(r)
-            print(f"Flower {n} clients done in {time.monotonic() - started:.0f} s: {row(r, args.rounds)}", flush=True)
-    text = report(results, floor, bases, model_bytes, args.rounds)
+            print(f"Flower {n} clients done in {time.monotonic() - started:.0f} s: "
+                  f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
+    text = report([warm(r, args.warmup) for r in results], floor, bases, model_bytes, args.rounds)
+    if args.warmup:
+        text += f"\nmedians leave out the first {args.warmup} round(s) of every run (every round is in results.json)"
     own = vm_hwm(os.getpid())
     text += (f"\nthis benchmark process peaked at {_mb(own)}; every peak RSS above is larger, so none is an artefact of "
              "rusage counting the parent's peak" if all(own < p for r in results for p in [r.server_peak, *r.client_peaks])
