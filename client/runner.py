@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -34,6 +35,10 @@ log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000
 UPLOAD_ATTEMPTS = 4
 UPLOAD_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached a client process: it leaves the federation instead of vanishing."""
 
 
 @dataclass
@@ -112,6 +117,7 @@ class FederatedClient:
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         backoff = Backoff()
+        previous = _raise_on_stop_signals()
         try:
             while True:
                 try:
@@ -137,7 +143,17 @@ class FederatedClient:
                         log.warning("client=%s round=%d download failed: %s", self.config.client_id, task.round, exc)
                 elif task.retry_after_ms and task.kind == pb.Task.WAIT:
                     time.sleep(min(task.retry_after_ms, 1000) / 1000 * 0.1)
+        except Stopped as stop:
+            _restore_signals(previous)
+            log.info("client=%s stopped by %s; leaving the federation", self.config.client_id, stop)
+            try:
+                self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason=f"stopped by {stop}"),
+                                timeout=5)
+            except grpc.RpcError:
+                pass
+            return 0
         finally:
+            _restore_signals(previous)
             self._stop.set()
             beat.join(timeout=10)
             self.channel.close()
@@ -258,3 +274,20 @@ class FederatedClient:
         """local − global, written over the downloaded global tensors (no second model-sized buffer); on a GPU
         computed on the device and copied back asynchronously into the pinned download buffer."""
         return delta_into(global_state, local)
+
+
+def _raise_on_stop_signals() -> dict[int, object]:
+    """SIGTERM/SIGINT raise Stopped in the main thread (elsewhere, e.g. a client run in a thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    previous.clear()

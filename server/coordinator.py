@@ -207,6 +207,8 @@ class Coordinator:
             if session is not None and self.round is not None:
                 self.round.drop(session.client_id, f"left: {reason or 'no reason given'}")
             self.cond.notify_all()
+        if session is not None:
+            log.info("client=%s left: %s", session.client_id, reason or "no reason given")
 
     def next_task(self, session_id: str, wait_s: float) -> pb.Task:
         deadline = time.monotonic() + max(0.0, min(wait_s, 30.0))

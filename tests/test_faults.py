@@ -320,6 +320,20 @@ def test_sigterm_abandons_the_round_keeps_the_checkpoint_and_tells_clients_to_st
     assert all("server stopped by SIGTERM" in server.client_log(i) for i in range(2))
 
 
+def test_a_client_stopped_by_sigterm_leaves_the_federation(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    server = start_server(run_dir, "--rounds", "5", "--min-clients", "2", "--log-level", "INFO", *SMALL)
+    try:
+        client = start_client(server, *CLIENT, "--partition", "0/2")
+        wait_for(lambda: "client-0 joined" in server.log(), 60, "client-0 to join", server)
+        client.send_signal(signal.SIGTERM)
+        assert client.wait(timeout=30) == 0, server.client_log(0)[-3000:]
+        wait_for(lambda: "client=client-0 left: stopped by SIGTERM" in server.log(), 10, "client-0 to leave", server)
+    finally:
+        server.stop()
+    assert "stopped by SIGTERM; leaving the federation" in server.client_log(0)
+
+
 def test_a_flipped_bit_in_a_checkpoint_is_caught_and_older_sha256_checkpoints_still_load(tmp_path: Path) -> None:
     state = OrderedDict(w=torch.arange(64, dtype=torch.float32))
     run_dir = tmp_path / "run"
