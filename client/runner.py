@@ -113,12 +113,12 @@ class FederatedClient:
 
     def run(self) -> int:
         """Works until the server says FINISH; returns the process exit code."""
-        self.join()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
-        beat.start()
-        backoff = Backoff()
         previous = _raise_on_stop_signals()
         try:
+            self.join()
+            beat.start()
+            backoff = Backoff()
             while True:
                 try:
                     task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=POLL_MS),
@@ -146,16 +146,18 @@ class FederatedClient:
         except Stopped as stop:
             _restore_signals(previous)
             log.info("client=%s stopped by %s; leaving the federation", self.config.client_id, stop)
-            try:
-                self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason=f"stopped by {stop}"),
-                                timeout=5)
-            except grpc.RpcError:
-                pass
+            if self.session is not None:
+                try:
+                    self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason=f"stopped by {stop}"),
+                                    timeout=5)
+                except grpc.RpcError:
+                    pass
             return 0
         finally:
             _restore_signals(previous)
             self._stop.set()
-            beat.join(timeout=10)
+            if beat.is_alive():
+                beat.join(timeout=10)
             self.channel.close()
 
     def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
