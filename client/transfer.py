@@ -108,8 +108,8 @@ def upload(stub, session_id: str, round_number: int, base_version: int, delta: M
            admission: bool = False) -> tuple[pb.UploadReply, int]:
     """Streams delta (or its already encoded manifest and buffers); returns the reply and the payload bytes sent.
 
-    admission: the server admits uploads one batch at a time (JoinReply.upload_admission); wait for its signal
-    before sending data, so a waiting upload holds no model bytes in the server's buffers.
+    admission: the server admits a bounded number of uploads at a time (JoinReply.upload_admission); wait for
+    its signal before sending data, so a waiting upload holds no model bytes in the server's buffers.
     """
     manifest, buffers = encoded if encoded is not None else encode_state(delta, codec)
     header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
