@@ -3,8 +3,9 @@
 Every file is written to a temporary name, fsynced and renamed into place, and `state.json` (written last)
 names the files it belongs to with their CRC-32 and length, so a crash at any point leaves the previous
 checkpoint loadable and a torn one unread. CRC-32 (ISA-L, ~27 GB/s) detects torn and bit-flipped files as
-SHA-256 did, at a tenth of its cost per round; checkpoints that recorded SHA-256 digests are still verified. The previous generation is kept (`state-v<N>.json` and its files): when the
-newest fails its digests, loading falls back to it instead of starting over or reading garbage.
+SHA-256 did, at a tenth of its cost per round; checkpoints that recorded SHA-256 digests are still verified.
+The previous generation is kept (`state-v<N>.json` and its files): when the newest fails its digests, loading
+falls back to it instead of starting over or reading garbage.
 """
 
 from __future__ import annotations
