@@ -37,7 +37,7 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-sessions", type=positive_int, default=10_000, help="most clients connected at once")
     g.add_argument("--max-transfers", type=non_negative_int, default=DEFAULT_TRANSFER_LIMIT,
                    help="most model downloads and uploads streaming at once (others wait their turn, so server memory "
-                        "does not grow with the number of clients; a transfer stalled for 5 s stops counting); "
+                        "does not grow with the number of clients; a transfer that moves no chunk for 1 s, being slow or stalled, stops counting); "
                         "0: no limit")
     g.add_argument("--session-timeout", type=positive_float, default=30.0,
                    help="seconds without contact before a client's session expires")

@@ -2,9 +2,10 @@
 
 Every stream that moves data holds gRPC buffers (its flow-control window and the message being handed over,
 a few MiB), so with all of a round's clients transferring at once the server's memory would grow with the
-number of clients. Waiting transfers hold nothing beyond their call. A holder that sends or receives nothing
-for `stall_seconds` stops counting against the limit, so one stalled client cannot block the others; it keeps
-streaming if it recovers.
+number of clients. Waiting transfers hold nothing beyond their call. A holder that moves no chunk for
+`stall_seconds` (1 s: slower than about 1 MiB/s, or stalled) stops counting against the limit: it is waiting on
+its network, not on this server's CPU, so it keeps streaming and another transfer starts beside it. One slow or
+stalled client therefore cannot hold the others back, and clients on slow links still transfer in parallel.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-DEFAULT_STALL_SECONDS = 5.0
+DEFAULT_STALL_SECONDS = 1.0
 
 
 def default_limit() -> int:
@@ -23,8 +24,8 @@ def default_limit() -> int:
 
     Streams cost CPU (copies, checksums, spooling) and a few MiB of buffers each: on the 2-core benchmark
     machine, 16 clients' rounds took 2.0 s with 2 streams at a time, 2.2 s with 4, 2.5 s with 8 and 2.6 s
-    unbounded, with server peaks of 520, 528, 560 and 622 MB (benchmarks/RESULTS.md). Federations over slow
-    links, where a stream needs little CPU, may want more (--max-transfers).
+    unbounded, with server peaks of 520, 528, 560 and 622 MB (benchmarks/RESULTS.md). Streams over slow links
+    stop counting (see DEFAULT_STALL_SECONDS), so this limit binds only transfers that keep the CPU busy.
     """
     try:
         cpus = len(os.sched_getaffinity(0))
