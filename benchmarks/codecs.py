@@ -159,7 +159,7 @@ def throughput_table(numel: int, repeats: int) -> str:
     gen = torch.Generator().manual_seed(0)
     dense = torch.randn(numel, generator=gen)
     sparse = dense * (torch.rand(numel, generator=gen) < 0.1)
-    lines = [f"| codec | input | encode MB/s | decode MB/s | encoded / raw |", "|---|---|---:|---:|---:|"]
+    lines = ["| codec | input | encode MB/s | decode MB/s | encoded / raw |", "|---|---|---:|---:|---:|"]
     for name in available_codecs():
         codec = get_codec(name)
         for label, tensor in (("dense", dense), ("10% nonzero", sparse)):

@@ -27,7 +27,7 @@ from fedstream.common.manifest import encode_state, layout_of
 from fedstream.common.tasks.synthetic import parse_count
 from fedstream.common.wire import Crc32, iter_chunks
 from fedstream.server.aggregator import inspect_update
-from fedstream.server.spool import SpoolWriter, UpdateInfo
+from fedstream.server.spool import SpoolPool, SpoolWriter, UpdateInfo
 from fedstream.server.strategies import RoundUpdates, make_strategy
 
 TENSORS = 4
@@ -63,7 +63,7 @@ def spool_round(directory: Path, reference: "OrderedDict[str, torch.Tensor]", n:
     for i in range(n):
         delta = OrderedDict((k, torch.randn(v.shape, generator=gen)) for k, v in reference.items())
         manifest, buffers = encode_state(delta, "raw")
-        writer = SpoolWriter(directory, layout_of(manifest), manifest.total_bytes)
+        writer = SpoolWriter(SpoolPool(directory, idle_bytes=0), layout_of(manifest), manifest.total_bytes)
         crc = Crc32()
         for piece in iter_chunks(buffers, 1 << 20):
             crc.update(piece)

@@ -42,7 +42,7 @@ class Transfer:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self.last_progress = clock()
+        self.last_progress = clock()  # admitted now
         self.counted = True
 
     def progress(self) -> None:
@@ -72,7 +72,8 @@ class TransferSlots:
         counted = [t for t in self._active if t.counted]
         if len(counted) < self.limit:
             return True
-        stalled = [t for t in counted if self._clock() - t.last_progress > self.stall_seconds]
+        now = self._clock()
+        stalled = [t for t in counted if now - t.last_progress > self.stall_seconds]
         if stalled:
             stalled[0].counted = False  # its slot goes to this waiter
             return True
@@ -80,7 +81,6 @@ class TransferSlots:
 
     def acquire(self, cancelled: Callable[[], bool] = lambda: False) -> Transfer | None:
         """Waits for a slot; None when cancelled() turned true while waiting."""
-        transfer = Transfer(self._clock)
         with self._cond:
             if self.limit:
                 waited = False
@@ -90,7 +90,7 @@ class TransferSlots:
                     waited = True
                     self._cond.wait(timeout=min(0.5, self.stall_seconds / 4))
                 self.waits += waited
-            transfer.last_progress = self._clock()
+            transfer = Transfer(self._clock)
             self._active.append(transfer)
         return transfer
 

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from fedstream.server.inspection import square_sum
 from fedstream.server.spool import SpooledUpdate
 
 
@@ -42,7 +43,7 @@ def inspect_update(update: SpooledUpdate) -> float:
     if not rest:
         return total
     for item, start, values in update.pieces(only=rest):
-        sq = float(torch.sum(torch.square(values.to(torch.float64))))
+        sq = square_sum(values)
         if not math.isfinite(sq):
             raise NonFiniteUpdateError(f"tensor {item.name} holds NaN or Inf (at or after element {start})")
         total += sq

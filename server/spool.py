@@ -99,23 +99,16 @@ class SpoolPool:
 
 
 class SpoolWriter:
-    """Writes one stream to a spool file: a slot of a SpoolPool, or a new file in a directory."""
+    """Writes one stream to a file of the pool (SpoolPool(directory, idle_bytes=0): a new file, deleted after)."""
 
-    def __init__(self, where: Path | SpoolPool, layout: list[TensorLayout], total_bytes: int) -> None:
-        if isinstance(where, SpoolPool):
-            self.path = where.take(total_bytes)
-            self._release: Callable[[], None] = _once(lambda: where.give(self.path))
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-        else:
-            where.mkdir(parents=True, exist_ok=True)
-            self.path = where / f"{uuid.uuid4().hex}.bin"
-            self._release = _once(lambda: self.path.unlink(missing_ok=True))
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def __init__(self, pool: SpoolPool, layout: list[TensorLayout], total_bytes: int) -> None:
+        self.path = pool.take(total_bytes)
+        self._release = _once(lambda: pool.give(self.path))
         self.layout = layout
         self.total_bytes = total_bytes
         self.crc = Crc32()
         self.inspection = StreamInspection(layout)
-        self._file = os.fdopen(descriptor, "wb", buffering=0)
+        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600), "wb", buffering=0)
 
     def write(self, data: memoryview | bytes) -> None:
         if self.crc.nbytes + len(data) > self.total_bytes:
@@ -163,10 +156,10 @@ def _once(action: Callable[[], None]) -> Callable[[], None]:
 class SpooledUpdate:
     """A validated update on disk; tensors are decoded on demand, one slice or tensor at a time."""
 
-    def __init__(self, path: Path, layout: list[TensorLayout], inspection: "StreamInspection | None" = None,
-                 release: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, layout: list[TensorLayout], inspection: StreamInspection,
+                 release: Callable[[], None]) -> None:
         self.path = path
-        self._release = release or _once(lambda: path.unlink(missing_ok=True))
+        self._release = release
         self.layout = layout
         self.by_name = {item.name: item for item in layout}
         self.info: UpdateInfo | None = None

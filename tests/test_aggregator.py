@@ -8,7 +8,7 @@ import torch
 from fedstream.common.manifest import encode_state, layout_of
 from fedstream.common.wire import Crc32, iter_chunks
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, federated_average, inspect_update
-from fedstream.server.spool import SpoolError, SpoolWriter, StreamIntegrityError
+from fedstream.server.spool import SpoolError, SpoolPool, SpoolWriter, StreamIntegrityError
 
 
 def _state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
@@ -18,7 +18,7 @@ def _state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
 
 def spool(directory: Path, state, chunk: int, codec: str = "raw"):
     manifest, buffers = encode_state(state, codec)
-    writer = SpoolWriter(directory, layout_of(manifest), manifest.total_bytes)
+    writer = SpoolWriter(SpoolPool(directory, idle_bytes=0), layout_of(manifest), manifest.total_bytes)
     crc = Crc32()
     for piece in iter_chunks(buffers, chunk):
         crc.update(piece)
@@ -73,18 +73,18 @@ def test_broken_or_corrupt_streams_never_become_updates(tmp_path: Path) -> None:
     u = _state(torch.Generator().manual_seed(2))
     manifest, buffers = encode_state(u, "raw")
     pieces = list(iter_chunks(buffers, 1000))
-    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    writer = SpoolWriter(SpoolPool(tmp_path, idle_bytes=0), layout_of(manifest), manifest.total_bytes)
     for p in pieces[:-1]:
         writer.write(p)
     with pytest.raises(StreamIntegrityError, match="ended after"):
         writer.finish(0, manifest.total_bytes)
     assert not writer.path.exists()
-    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    writer = SpoolWriter(SpoolPool(tmp_path, idle_bytes=0), layout_of(manifest), manifest.total_bytes)
     for p in pieces:
         writer.write(p)
     with pytest.raises(StreamIntegrityError, match="checksum mismatch"):
         writer.finish(12345, manifest.total_bytes)
-    writer = SpoolWriter(tmp_path, layout_of(manifest), manifest.total_bytes)
+    writer = SpoolWriter(SpoolPool(tmp_path, idle_bytes=0), layout_of(manifest), manifest.total_bytes)
     for p in pieces:
         writer.write(p)
     with pytest.raises(SpoolError, match="more than"):

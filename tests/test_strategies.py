@@ -15,7 +15,7 @@ from fedstream.common.manifest import encode_state, layout_of
 from fedstream.common.wire import Crc32, iter_chunks
 from fedstream.server.aggregator import StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedstream.server.spool import SpoolWriter, UpdateInfo
+from fedstream.server.spool import SpoolPool, SpoolWriter, UpdateInfo
 from fedstream.server.strategies import STRATEGIES, RoundUpdates, Strategy, make_strategy
 
 NAMES = ["fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed-mean", "krum",
@@ -40,7 +40,7 @@ def round_updates(tmp: Path, strategy: Strategy, reference, deltas, examples, co
     spooled = []
     for i, (delta, n) in enumerate(zip(deltas, examples)):
         manifest, buffers = encode_state(delta, codec)
-        writer = SpoolWriter(tmp / f"r{next(_counter)}", layout_of(manifest), manifest.total_bytes)
+        writer = SpoolWriter(SpoolPool(tmp / f"r{next(_counter)}", idle_bytes=0), layout_of(manifest), manifest.total_bytes)
         crc = Crc32()
         for piece in iter_chunks(buffers, 97):
             crc.update(piece)
