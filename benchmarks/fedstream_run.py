@@ -84,7 +84,7 @@ class _MetricsWatcher(threading.Thread):
 
 def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: int = 0,
                   extra_server: list[str] | None = None, env: dict[str, str] | None = None,
-                  timeout: float = 900.0) -> RunResult:
+                  timeout: float = 900.0, client_device: str = "cpu") -> RunResult:
     """Runs one federation to the end and returns its measurements; raises with the logs when it fails."""
     run_dir = workdir / f"fedstream-{clients}c"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: 
         with open(run_dir / f"client-{i}.log", "w") as log:
             procs.append(subprocess.Popen(
                 FEDSTREAM + ["client", "--server", f"127.0.0.1:{port}", "--partition", f"{i}/{clients}",
-                             "--device", "cpu", "--connect-timeout", "120", "--log-level", "INFO", "--insecure", *task],
+                             "--device", client_device, "--connect-timeout", "120", "--log-level", "INFO", "--insecure", *task],
                 stdout=log, stderr=subprocess.STDOUT, env=environment))
     watcher.pids = [server.pid] + [p.pid for p in procs]
     result = RunResult("fedstream", clients)

@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of grpc (the floor), fedstream, flower")
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--floor-reps", type=int, default=5)
+    parser.add_argument("--client-device", default="cpu",
+                        help="fedstream clients' --device (cuda: the GPU client path, download into pinned memory, "
+                             "delta on the device)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="first rounds left out of the medians, for every system (default 1: the cold round)")
     args = parser.parse_args(argv)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fedstream" in systems:
         for n in args.clients:
             started = time.monotonic()
-            r = run_fedstream(workdir, n, args.params, args.rounds)
+            r = run_fedstream(workdir, n, args.params, args.rounds, client_device=args.client_device)
             results.append(r)
             print(f"fedstream {n} clients done in {time.monotonic() - started:.0f} s: "
                   f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)

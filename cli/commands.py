@@ -13,6 +13,7 @@ from fedstream.cli.options import host_port, key_value, non_negative_int, positi
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
+from fedstream.common.precision import AMP_CHOICES
 from fedstream.common.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 from fedstream.server.staleness import STALENESS
 
@@ -57,6 +58,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                         "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
     p.add_argument("--eval-every", type=positive_int, default=1,
                    help="evaluate the global model on the server's test data every N rounds (and after the last)")
+    p.add_argument("--reproducible", action="store_true",
+                   help="fold each round's updates in client-id order, not arrival order, so runs with the same "
+                        "seeds give bit-identical models (folds that wait move to the end of the round)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
@@ -100,6 +104,8 @@ def client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=non_negative_int, default=None)
     p.add_argument("--slowdown", type=positive_float, default=1.0, help="train this many times slower (experiments)")
     p.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="off",
+                   help="mixed-precision local training: bf16 (no loss scaling) or fp16 (with a gradient scaler)")
     p.add_argument("--connect-timeout", type=positive_float, default=600.0)
     p.add_argument("--save-updates", type=Path, default=None, help="also write each uploaded delta here (audits)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -184,6 +190,9 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error("--clients-per-round samples synchronous rounds; in --mode async every idle client trains")
         if args.federated_eval:
             parser.error("--federated-eval follows synchronous rounds; use --mode sync")
+        if args.reproducible:
+            parser.error("--reproducible orders each synchronous round's updates; in --mode async the order in "
+                         "which updates arrive decides the versions themselves")
         factory = async_coordinator(AsyncSettings.from_flags(args.buffer_size, args.staleness,
                                                              args.staleness_exponent, args.max_staleness))
     check_compression_flags(args, parser)
@@ -199,7 +208,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           session_timeout=args.session_timeout, heartbeat_seconds=args.heartbeat_seconds,
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
                           incremental_download=args.incremental_download, prune_schedule=args.prune_schedule,
-                          federated_eval=args.federated_eval, eval_every=args.eval_every)
+                          federated_eval=args.federated_eval, eval_every=args.eval_every,
+                          reproducible=args.reproducible)
     security = server_security(args, parser)
     coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
                         coordinator_factory=factory, credentials=security.credentials, auth=security.auth)
@@ -248,7 +258,7 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           device=args.device, local_epochs=args.local_epochs, connect_timeout=args.connect_timeout,
                           slowdown=args.slowdown, save_updates=args.save_updates, credentials=security.credentials,
                           server_name=security.server_name, token=security.token,
-                          upload_chunk_delay=args.upload_chunk_delay)
+                          upload_chunk_delay=args.upload_chunk_delay, amp=args.amp)
     from fedstream.client.distributed import launched_by_torchrun, run_cluster_client
 
     if launched_by_torchrun():

@@ -59,6 +59,7 @@ class ClientConfig:
     slowdown: float = 1.0
     save_updates: Path | None = None
     upload_chunk_delay: float = 0.0
+    amp: str = "off"
 
 
 def _subset_tensors(data: TensorDataset, indices: torch.Tensor) -> TensorDataset:
@@ -93,8 +94,8 @@ class FederatedClient:
                                  num_examples=len(self.data))
         self.session = with_retry(lambda: self.stub.Join(request, timeout=10), f"join as {self.config.client_id}",
                                   self.config.connect_timeout)
-        log.info("client=%s joined run %s (upload codec %s)", self.config.client_id, self.session.run_id,
-                 self.session.upload_codec)
+        log.info("client=%s joined run %s (upload codec %s; training on %s, amp %s)", self.config.client_id,
+                 self.session.run_id, self.session.upload_codec, self.device, self.config.amp)
         if self.session.chunk_bytes:
             tune_malloc(self.session.chunk_bytes)
         return self.session
@@ -186,7 +187,7 @@ class FederatedClient:
         return TrainSettings(local_epochs=int(epochs), batch_size=int(config.batch_size or d.batch_size),
                              learning_rate=float(config.learning_rate or d.learning_rate),
                              proximal_mu=float(config.proximal_mu), max_steps=d.max_steps,
-                             slowdown=float(config.options.get("slowdown", self.config.slowdown)))
+                             slowdown=float(config.options.get("slowdown", self.config.slowdown)), amp=self.config.amp)
 
     def evaluate_round(self, task: pb.Task) -> None:
         """Scores the task's global version on this client's share of the test data and reports it."""

@@ -51,27 +51,60 @@ def inspect_update(update: SpooledUpdate) -> float:
 
 
 class StreamingAggregator:
-    """Running sum of weight × scale × delta, and the sum of weights. Thread-safe; folds one update at a time."""
+    """Running sum of weight × scale × delta, and the sum of weights. Thread-safe; folds one update at a time.
 
-    def __init__(self, reference: Mapping[str, torch.Tensor]) -> None:
+    Float32 sums depend on the order of the folds, and arrival order varies from run to run; training then
+    amplifies that last-bit difference. Given `order` (the round's client ids), updates fold in that order
+    instead: one that arrives early waits, spooled on disk, until those before it have folded, and `mean`
+    folds whatever still waits. Runs with the same seeds are then bit-for-bit identical, at the cost of
+    folds that move to the end of the round.
+    """
+
+    def __init__(self, reference: Mapping[str, torch.Tensor], order: Sequence[str] | None = None) -> None:
         self.sums: OrderedDict[str, torch.Tensor] = OrderedDict(
             (name, torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))) for name, t in reference.items()
         )
         self.weight_sum = 0.0
         self.count = 0
         self._lock = threading.Lock()
+        self._order = {key: rank for rank, key in enumerate(order)} if order is not None else None
+        self._waiting: dict[int, tuple[SpooledUpdate, float]] = {}
+        self._next = 0
 
-    def add(self, update: SpooledUpdate, weight: float, scale: float = 1.0) -> None:
-        """Folds a spooled update slice by slice (never the whole update in memory)."""
+    def add(self, update: SpooledUpdate, weight: float, scale: float = 1.0, key: str | None = None) -> None:
+        """Folds a spooled update slice by slice (never the whole update in memory); with an order, key names
+        the update's place in it and the fold may wait for the updates before it."""
         if weight < 0 or not math.isfinite(weight):
             raise ValueError(f"update weight must be a finite non-negative number, got {weight}")
-        factor = weight * scale
+        if self._order is None:
+            with self._lock:
+                self._fold(update, weight * scale)
+                self.weight_sum += weight
+                self.count += 1
+            return
+        if key not in self._order:
+            raise ValueError(f"update {key!r} has no place in this aggregator's order")
         with self._lock:
-            for item, start, values in update.pieces():
-                flat = self.sums[item.name].view(-1)
-                flat[start : start + values.numel()].add_(values.to(flat.dtype), alpha=factor)
+            rank = self._order[key]
+            if rank < self._next or rank in self._waiting:
+                raise ValueError(f"update {key!r} was already added")
+            self._waiting[rank] = (update, weight * scale)
             self.weight_sum += weight
             self.count += 1
+            while self._next in self._waiting:
+                self._fold(*self._waiting.pop(self._next))
+                self._next += 1
+
+    def _fold(self, update: SpooledUpdate, factor: float) -> None:
+        for item, start, values in update.pieces():
+            flat = self.sums[item.name].view(-1)
+            flat[start : start + values.numel()].add_(values.to(flat.dtype), alpha=factor)
+
+    def _fold_waiting(self) -> None:
+        """Folds, in order, the updates still waiting for ones that never came."""
+        for rank in sorted(self._waiting):
+            self._fold(*self._waiting.pop(rank))
+        self._next = len(self._order or ())
 
     def add_state(self, delta: Mapping[str, torch.Tensor], weight: float, scale: float = 1.0) -> None:
         if weight < 0 or not math.isfinite(weight):
@@ -87,6 +120,7 @@ class StreamingAggregator:
         if self.weight_sum <= 0:
             raise ValueError("no update with positive weight was aggregated")
         with self._lock:
+            self._fold_waiting()
             for acc in self.sums.values():
                 acc.div_(self.weight_sum)
             self.weight_sum = 1.0

@@ -65,6 +65,7 @@ class ServerConfig:
     max_update_bytes: int = 0
     federated_eval: bool = False
     eval_every: int = 1
+    reproducible: bool = False
     max_sessions: int = 10_000
     max_transfers: int = DEFAULT_TRANSFER_LIMIT
     wait_for_clients: float = 600.0
@@ -340,7 +341,7 @@ class Coordinator:
             rnd.folding += 1
         try:
             if rnd.aggregator is not None:
-                rnd.aggregator.add(update, self.strategy.weight(sink.info), self.strategy.scale(sink.info))
+                rnd.aggregator.add(update, self.strategy.weight(sink.info), self.strategy.scale(sink.info), key=client)
         finally:
             with self.cond:
                 rnd.folding -= 1
@@ -413,7 +414,8 @@ class Coordinator:
                 streaming = self.strategy.streaming
                 rnd = RoundState(number, attempt, self.version, selected,
                                  time.monotonic() + self.config.round_timeout,
-                                 StreamingAggregator(self.global_state) if streaming else None)
+                                 StreamingAggregator(self.global_state, selected if self.config.reproducible else None)
+                                 if streaming else None)
                 self.round = rnd
                 self.cond.notify_all()
             log.info("round=%d attempt=%d started with %d client(s): %s", number, attempt, len(selected), ", ".join(selected))

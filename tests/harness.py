@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FEDSTREAM = [sys.executable, "-m", "fedstream.cli"]
+CLIENT_DEVICE = os.environ.get("FEDSTREAM_TEST_DEVICE", "cpu")
+"""Where end-to-end clients train: cpu in CI; FEDSTREAM_TEST_DEVICE=cuda on a GPU machine reruns them on CUDA."""
 
 
 @dataclass
@@ -72,10 +74,19 @@ def start_client(server: ServerProcess, *args: str, log_name: str | None = None)
     log_path = server.run_dir.parent / f"{server.run_dir.name}.{log_name or 'client' + str(len(server.clients))}.log"
     with open(log_path, "a") as log:
         process = subprocess.Popen(FEDSTREAM + ["client", "--server", server.address, "--connect-timeout", "60",
-                                                *security_flags(args), *args],
+                                                *security_flags(args), *on_test_device(args)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env())
     server.clients.append(process)
     return process
+
+
+def on_test_device(args: tuple[str, ...]) -> list[str]:
+    """The client's flags with `--device cpu` swapped for CLIENT_DEVICE."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--device" and out[i + 1] == "cpu":
+            out[i + 1] = CLIENT_DEVICE
+    return out
 
 
 def wait_all(processes: list[subprocess.Popen], timeout: float) -> list[int]:

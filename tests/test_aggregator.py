@@ -99,3 +99,38 @@ def test_nan_updates_are_detected_before_folding(tmp_path: Path) -> None:
     u["emb"][100, 3] = 0.0
     sq = inspect_update(spool(tmp_path, u, 4096))
     assert sq == pytest.approx(sum(float(t.double().square().sum()) for t in u.values()), rel=1e-7)  # float32 windows
+
+
+def test_an_order_makes_the_sum_independent_of_arrival_order(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(2)
+    keys = [f"client-{i}" for i in range(6)]
+    spooled = {k: spool(tmp_path / k, _state(gen), chunk=999) for k in keys}
+    weights = {k: 1 + 37 * i for i, k in enumerate(keys)}
+    reference = _state(gen)
+    delivered = keys[:-1]  # the last selected client never delivers
+    arrivals = [delivered[::-1], [delivered[i] for i in (3, 0, 1, 4, 2)]]
+
+    def run(arrival: list[str], ordered: bool) -> "OrderedDict[str, torch.Tensor]":
+        agg = StreamingAggregator(reference, keys if ordered else None)
+        for k in arrival:
+            agg.add(spooled[k], weights[k], key=k)
+        return OrderedDict((n, t.clone()) for n, t in agg.mean().items())
+
+    ordered = [run(a, True) for a in arrivals + [delivered]]
+    assert all(torch.equal(o[n], ordered[0][n]) for o in ordered[1:] for n in o)
+    unordered = [run(a, False) for a in arrivals]
+    assert any(not torch.equal(unordered[0][n], unordered[1][n]) for n in unordered[0]), \
+        "arrival order should change float32 sums here, or this test proves nothing"
+    for name, tensor in ordered[0].items():
+        assert torch.allclose(tensor, unordered[0][name], atol=1e-6), name
+
+
+def test_an_ordered_aggregator_refuses_strangers_and_repeats(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(3)
+    state = _state(gen)
+    agg = StreamingAggregator(state, ["a", "b"])
+    agg.add(spool(tmp_path / "a", state, chunk=500), 1.0, key="a")
+    with pytest.raises(ValueError, match="already added"):
+        agg.add(spool(tmp_path / "a2", state, chunk=500), 1.0, key="a")
+    with pytest.raises(ValueError, match="no place"):
+        agg.add(spool(tmp_path / "c", state, chunk=500), 1.0, key="c")

@@ -24,6 +24,8 @@ CLI = [sys.executable, "-m", "fedstream.cli"]
     (["client", "--partition-scheme", "zipf"], "--partition-scheme"),
     (["client", "--alpha", "-1"], "--alpha"),
     (["client", "--device", "tpu"], "--device"),
+    (["client", "--amp", "fp8"], "--amp"),
+    (["server", "--mode", "async", "--reproducible"], "--reproducible"),
 ])
 def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str) -> None:
     result = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60)

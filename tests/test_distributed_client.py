@@ -1,4 +1,6 @@
-"""A client that is a cluster: two gloo ranks launched by torchrun train as one client next to an ordinary one."""
+"""A client that is a cluster: ranks launched by torchrun train as one client next to an ordinary one.
+
+Two gloo ranks on the CPU everywhere; on a CUDA machine also nccl, one rank per GPU (one rank on a one-GPU box)."""
 
 from __future__ import annotations
 
@@ -22,11 +24,16 @@ SEED = 7
 ROUNDS = 2
 
 
-def start_cluster_client(server, updates: Path, log_path: Path) -> subprocess.Popen:
-    """`torchrun --standalone --nproc-per-node 2 -m fedstream.client ...` as client 'cluster' on partition 0/2."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+GLOO = pytest.param("cpu", 2, "gloo", id="gloo")
+NCCL = pytest.param("cuda", max(torch.cuda.device_count(), 1), "nccl", id="nccl",
+                    marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
+def start_cluster_client(server, updates: Path, log_path: Path, device: str = "cpu", ranks: int = 2) -> subprocess.Popen:
+    """`torchrun --standalone --nproc-per-node R -m fedstream.client ...` as client 'cluster' on partition 0/2."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
                "-m", "fedstream.client", "--server", server.address, "--insecure", "--connect-timeout", "60",
-               "--partition", "0/2", "--client-id", "cluster", "--device", "cpu", "--save-updates", str(updates)]
+               "--partition", "0/2", "--client-id", "cluster", "--device", device, "--save-updates", str(updates)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**env(), "OMP_NUM_THREADS": "1"})
     server.clients.append(process)
@@ -43,13 +50,14 @@ def saved_updates(directory: Path) -> dict[int, list[tuple[str, dict[str, torch.
     return by_round
 
 
-def test_torchrun_client_with_two_gloo_ranks_aggregates_as_one_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device,ranks,backend", [GLOO, NCCL])
+def test_torchrun_client_ranks_aggregate_as_one_client(tmp_path: Path, device: str, ranks: int, backend: str) -> None:
     run_dir, updates = tmp_path / "run", tmp_path / "updates"
     server = start_server(run_dir, "--rounds", str(ROUNDS), "--min-clients", "2", "--seed", str(SEED),
                           "--round-timeout", "120")
     cluster_log = tmp_path / "cluster.log"
     try:
-        cluster = start_cluster_client(server, updates, cluster_log)
+        cluster = start_cluster_client(server, updates, cluster_log, device, ranks)
         ordinary = start_client(server, "--partition", "1/2", "--device", "cpu", "--save-updates", str(updates))
         assert server.wait(timeout=180) == 0, server.log()[-3000:]
         codes = wait_all([cluster, ordinary], timeout=60)
@@ -60,10 +68,11 @@ def test_torchrun_client_with_two_gloo_ranks_aggregates_as_one_client(tmp_path: 
     log = cluster_log.read_text()
     task = load_task("digits")
     partition = len(partition_indices(task.train_labels, 0, 2))
-    for rank in (0, 1):
-        assert f"rank {rank}/2 on cpu (gloo)" in log
-        shard = len(range(rank, partition, 2))
-        assert log.count(f"rank {rank}/2 trained on {shard} of the client's examples") == ROUNDS, log[-3000:]
+    for rank in range(ranks):
+        where = "cpu" if device == "cpu" else f"cuda:{rank}"
+        assert f"rank {rank}/{ranks} on {where} ({backend})" in log, log[-3000:]
+        shard = len(range(rank, partition, ranks))
+        assert log.count(f"rank {rank}/{ranks} trained on {shard} of the client's examples") == ROUNDS, log[-3000:]
     assert log.count("joined run") == 1, "only rank 0 talks to the coordinator"
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

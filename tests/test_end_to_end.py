@@ -17,13 +17,16 @@ from tests.harness import start_client, start_server, wait_all
 pytestmark = pytest.mark.slow
 
 
-def run_federation(tmp: Path, name: str, clients: int = 3, rounds: int = 3, extra: tuple[str, ...] = ()) -> Path:
+def run_federation(tmp: Path, name: str, clients: int = 3, rounds: int = 3, extra: tuple[str, ...] = (),
+                   slow_client: int | None = None) -> Path:
+    """slow_client trains 4× slower (it sleeps), so it uploads last: runs can differ in arrival order."""
     run_dir = tmp / name
     server = start_server(run_dir, "--rounds", str(rounds), "--min-clients", str(clients), "--seed", "7",
-                          "--round-timeout", "120", *extra)
+                          "--round-timeout", "120", "--reproducible", *extra)
     try:
         procs = [start_client(server, "--partition", f"{i}/{clients}", "--device", "cpu",
-                              "--save-updates", str(tmp / f"{name}-updates")) for i in range(clients)]
+                              "--save-updates", str(tmp / f"{name}-updates"),
+                              *(["--slowdown", "4"] if i == slow_client else [])) for i in range(clients)]
         assert server.wait(timeout=240) == 0, server.log()[-3000:]
         codes = wait_all(procs, timeout=60)
         assert codes == [0] * clients, (codes, [server.client_log(i)[-2000:] for i in range(clients)])
@@ -50,7 +53,9 @@ def offline_fedavg(updates_dir: Path, rounds: int) -> dict[str, torch.Tensor]:
 
 
 def test_three_clients_three_rounds_equal_offline_fedavg_and_repeat_exactly(tmp_path: Path) -> None:
-    first = run_federation(tmp_path, "a")
+    """The repeat has another client upload last; --reproducible folds in client-id order, so the models are
+    bit-identical all the same."""
+    first = run_federation(tmp_path, "a", slow_client=0)
     records = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
     for r in records:
@@ -64,6 +69,6 @@ def test_three_clients_three_rounds_equal_offline_fedavg_and_repeat_exactly(tmp_
     for name, tensor in expected.items():
         assert torch.allclose(final[name], tensor, atol=1e-6), name
 
-    second = load_file(str(run_federation(tmp_path, "b") / "model.safetensors"))
+    second = load_file(str(run_federation(tmp_path, "b", slow_client=2) / "model.safetensors"))
     for name in final:
-        assert torch.allclose(final[name], second[name], atol=1e-6, rtol=0), name
+        assert torch.equal(final[name], second[name]), name

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from fedstream.common.precision import autocast, grad_scaler
 
 
 @dataclass
@@ -21,6 +23,7 @@ class TrainSettings:
     proximal_mu: float = 0.0
     max_steps: int | None = None
     slowdown: float = 1.0
+    amp: str = "off"
 
 
 @dataclass
@@ -60,32 +63,34 @@ class Task:
         """Local epochs of minibatch training; adds FedProx's (μ/2)‖w − w_global‖² when μ > 0."""
         model.train()
         optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad], settings)
-        loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
+        scaler = grad_scaler(device, settings.amp)
         anchors = None
         if settings.proximal_mu > 0 and global_params is not None:
             anchors = {n: global_params[n].to(device) for n, _ in model.named_parameters()}
-        total, seen, steps = 0.0, 0, 0
-        non_blocking = device.type == "cuda"
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
+        seen, steps = 0, 0
         started = time.perf_counter()
         for _ in range(max(settings.local_epochs, 0)):
-            for x, y in loader:
+            for x, y in batches(data, settings.batch_size, generator, device):
                 if settings.max_steps is not None and steps >= settings.max_steps:
                     break
-                x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(model(x), y)
-                objective = loss
+                with autocast(device, settings.amp):
+                    loss = self.loss_fn(model(x), y)
+                objective = loss.float()
                 if anchors is not None:
                     prox = sum(torch.sum((p - anchors[n]) ** 2) for n, p in model.named_parameters())
-                    objective = loss + 0.5 * settings.proximal_mu * prox
-                objective.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(y)
+                    objective = objective + 0.5 * settings.proximal_mu * prox
+                scaler.scale(objective).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.detach().double() * len(y)
                 seen += len(y)
                 steps += 1
+        mean_loss = float(total) / seen if seen else 0.0
         if settings.slowdown > 1.0:
             time.sleep((time.perf_counter() - started) * (settings.slowdown - 1.0))
-        return {"train_loss": total / seen if seen else 0.0, "steps": float(steps)}
+        return {"train_loss": mean_loss, "steps": float(steps)}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TensorDataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
@@ -99,3 +104,13 @@ class Task:
                 correct += int((out.argmax(dim=1) == y).sum())
             seen += len(y)
         return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def batches(data: TensorDataset, batch_size: int, generator: torch.Generator,
+            device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One shuffled epoch of minibatches, indexed straight out of the dataset's tensors (no per-example collate)."""
+    order = torch.randperm(len(data), generator=generator)
+    non_blocking = device.type == "cuda"
+    for start in range(0, len(order), max(batch_size, 1)):
+        index = order[start : start + batch_size]
+        yield tuple(t[index].to(device, non_blocking=non_blocking) for t in data.tensors)
