@@ -47,8 +47,8 @@ class Topology:
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process that torchrun started as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True in a process that torchrun started, also as the only rank (one GPU still runs the nccl path)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class FederatedClient:
         self.stub = CoordinatorStub(self.channel)
         self.session: pb.JoinReply | None = None
         self._stop = threading.Event()
+        self._run_over = threading.Event()  # a heartbeat said the run ended: stop training, do not upload
+        self._run_over_message = ""
         self.rounds_trained = 0
         self.held = HeldModel()
         self.feedback = ErrorFeedback()
@@ -106,9 +108,12 @@ class FederatedClient:
             if session is None:
                 continue
             try:
-                self.stub.Heartbeat(pb.HeartbeatRequest(session_id=session.session_id), timeout=5)
+                reply = self.stub.Heartbeat(pb.HeartbeatRequest(session_id=session.session_id), timeout=5)
             except grpc.RpcError:
-                pass
+                continue
+            if reply.finished:
+                self._run_over_message = reply.finish_message
+                self._run_over.set()
 
     # ----- the loop -------------------------------------------------------------------------------------------
 
@@ -129,19 +134,17 @@ class FederatedClient:
                     self._recover(exc, backoff)
                     continue
                 if task.kind == pb.Task.FINISH:
-                    log.info("client=%s finished: %s", self.config.client_id, task.message)
-                    try:
-                        self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason="finished"), timeout=5)
-                    except grpc.RpcError:
-                        pass
-                    return 0
+                    return self._finish(task.message)
                 if task.kind in (pb.Task.TRAIN, pb.Task.EVALUATE):
                     try:
                         self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
                     except grpc.RpcError as exc:
-                        self._recover(exc, backoff)
+                        if not self._run_over.is_set():
+                            self._recover(exc, backoff)
                     except TransferError as exc:
                         log.warning("client=%s round=%d download failed: %s", self.config.client_id, task.round, exc)
+                    if self._run_over.is_set():
+                        return self._finish(self._run_over_message)
                 elif task.retry_after_ms and task.kind == pb.Task.WAIT:
                     time.sleep(min(task.retry_after_ms, 1000) / 1000 * 0.1)
         except Stopped as stop:
@@ -160,6 +163,14 @@ class FederatedClient:
             if beat.is_alive():
                 beat.join(timeout=10)
             self.channel.close()
+
+    def _finish(self, message: str) -> int:
+        log.info("client=%s finished: %s", self.config.client_id, message)
+        try:
+            self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason="finished"), timeout=5)
+        except grpc.RpcError:
+            pass
+        return 0
 
     def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
         code = exc.code() if hasattr(exc, "code") else None
@@ -222,6 +233,9 @@ class FederatedClient:
         with keep_pruned(self.model, masks):
             metrics = self.local_train(settings, generator,
                                        base if settings.proximal_mu > 0 else None) if len(self.data) else {}
+        if self._run_over.is_set():
+            log.info("client=%s round=%d training stopped: the run ended", cid, task.round)
+            return
         local = self.model.state_dict()
         delta = delta_from(base, local) if self.held.state is base else self._delta_into(base, local)
         if task.config.clip_norm > 0:
@@ -261,7 +275,8 @@ class FederatedClient:
     def local_train(self, settings: TrainSettings, generator: torch.Generator,
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
         """Trains self.model on this client's data (a cluster client, client/distributed.py, trains with DDP)."""
-        return self.task.train(self.model, self.data, settings, self.device, generator, global_params=global_params)
+        return self.task.train(self.model, self.data, settings, self.device, generator, global_params=global_params,
+                               interrupt=self._run_over)
 
     def _save_update(self, task: pb.Task, delta: Mapping[str, torch.Tensor]) -> None:
         """Keeps a copy of what is uploaded (round, base version, examples) for audits and tests."""

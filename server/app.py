@@ -75,7 +75,8 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
     try:
         with progress:
             coordinator.run()
-        coordinator.wait_clients_gone(timeout=10.0 if not stop.is_set() else 3.0)
+        # After a signal, clients still training learn of the end from their next heartbeat, then leave.
+        coordinator.wait_clients_gone(timeout=10.0 if not stop.is_set() else config.heartbeat_seconds + 3.0)
     finally:
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=2.0).wait()

@@ -200,7 +200,9 @@ class Coordinator:
     def heartbeat(self, session_id: str) -> pb.HeartbeatReply:
         with self.cond:
             self._session(session_id)
-            return pb.HeartbeatReply(version=self.version, round=self.round.number if self.round else 0)
+            return pb.HeartbeatReply(version=self.version, round=self.round.number if self.round else 0,
+                                     finished=self.finished,
+                                     finish_message=(self.stopping or "the run is over") if self.finished else "")
 
     def leave(self, session_id: str, reason: str) -> None:
         with self.cond:

@@ -25,6 +25,7 @@ ROUNDS = 2
 
 
 GLOO = pytest.param("cpu", 2, "gloo", id="gloo")
+ONE_RANK = pytest.param("cpu", 1, "gloo", id="gloo-one-rank")
 NCCL = pytest.param("cuda", max(torch.cuda.device_count(), 1), "nccl", id="nccl",
                     marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 
@@ -50,7 +51,7 @@ def saved_updates(directory: Path) -> dict[int, list[tuple[str, dict[str, torch.
     return by_round
 
 
-@pytest.mark.parametrize("device,ranks,backend", [GLOO, NCCL])
+@pytest.mark.parametrize("device,ranks,backend", [GLOO, ONE_RANK, NCCL])
 def test_torchrun_client_ranks_aggregate_as_one_client(tmp_path: Path, device: str, ranks: int, backend: str) -> None:
     run_dir, updates = tmp_path / "run", tmp_path / "updates"
     server = start_server(run_dir, "--rounds", str(ROUNDS), "--min-clients", "2", "--seed", str(SEED),

@@ -320,6 +320,30 @@ def test_sigterm_abandons_the_round_keeps_the_checkpoint_and_tells_clients_to_st
     assert all("server stopped by SIGTERM" in server.client_log(i) for i in range(2))
 
 
+def test_clients_in_the_middle_of_a_long_round_stop_training_when_the_server_stops(tmp_path: Path) -> None:
+    """They learn of the end from a heartbeat (every second here) instead of training on for minutes."""
+    run_dir = tmp_path / "run"
+    server = start_server(run_dir, "--rounds", "3", "--min-clients", "2", "--round-timeout", "600",
+                          "--heartbeat-seconds", "1", *SMALL)
+    try:
+        clients = [start_client(server, *CLIENT, "--partition", f"{i}/2", "--slowdown", "100000") for i in range(2)]
+        wait_for(lambda: all("uploading" not in server.client_log(i) and "joined run" in server.client_log(i)
+                             for i in range(2)) and "round=1 attempt=1 started" in server.log(), 60, "round 1", server)
+        time.sleep(2)  # both are now in their (100,000 times slowed) local training
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, server.log()[-3000:]
+        assert wait_all(clients, timeout=30) == [0, 0], [server.client_log(i)[-2000:] for i in range(2)]
+        assert time.monotonic() - stopped < 20
+    finally:
+        server.stop()
+    for i in range(2):
+        log = server.client_log(i)
+        assert "round=1 training stopped: the run ended" in log and "server stopped by SIGTERM" in log, log[-2000:]
+        assert "uploading" not in log
+    assert records(run_dir) == []
+
+
 def test_a_client_stopped_by_sigterm_leaves_the_federation(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     server = start_server(run_dir, "--rounds", "5", "--min-clients", "2", "--log-level", "INFO", *SMALL)

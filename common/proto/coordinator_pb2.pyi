@@ -216,12 +216,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("version", "round")
+    __slots__ = ("version", "round", "finished", "finish_message")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FINISH_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     version: int
     round: int
-    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
+    finished: bool
+    finish_message: str
+    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., finished: _Optional[bool] = ..., finish_message: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("session_id", "reason")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
@@ -59,8 +60,10 @@ class Task:
         device: torch.device,
         generator: torch.Generator,
         global_params: Mapping[str, torch.Tensor] | None = None,
+        interrupt: threading.Event | None = None,
     ) -> dict[str, float]:
-        """Local epochs of minibatch training; adds FedProx's (μ/2)‖w − w_global‖² when μ > 0."""
+        """Local epochs of minibatch training; adds FedProx's (μ/2)‖w − w_global‖² when μ > 0. Stops after the
+        current step once interrupt is set (the server ended the run)."""
         model.train()
         optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad], settings)
         scaler = grad_scaler(device, settings.amp)
@@ -72,7 +75,8 @@ class Task:
         started = time.perf_counter()
         for _ in range(max(settings.local_epochs, 0)):
             for x, y in batches(data, settings.batch_size, generator, device):
-                if settings.max_steps is not None and steps >= settings.max_steps:
+                if (settings.max_steps is not None and steps >= settings.max_steps) or (
+                        interrupt is not None and interrupt.is_set()):
                     break
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, settings.amp):
@@ -89,7 +93,7 @@ class Task:
                 steps += 1
         mean_loss = float(total) / seen if seen else 0.0
         if settings.slowdown > 1.0:
-            time.sleep((time.perf_counter() - started) * (settings.slowdown - 1.0))
+            (interrupt or threading.Event()).wait((time.perf_counter() - started) * (settings.slowdown - 1.0))
         return {"train_loss": mean_loss, "steps": float(steps)}
 
     @torch.no_grad()
