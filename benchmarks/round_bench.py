@@ -115,7 +115,9 @@ def row(r: RunResult, rounds: int) -> str:
             f"{cpu:.2f} |")
 
 
-def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int], model_bytes: int, rounds: int) -> str:
+def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int], model_bytes: int, rounds: int,
+           beside: dict[int, Floor] | None = None) -> str:
+    """beside: the floor measured again right before each fedstream run (the machine's speed drifts)."""
     lines = ["| system | clients | round s (median) | wall s/round (median) | MB/s model data | server peak RSS | "
              "client peak RSS (max) | wire MB/round | CPU s/round |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [row(r, rounds) for r in results]
@@ -133,9 +135,13 @@ def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int]
     if floor is not None:
         for n, r in sorted(fed.items()):
             rate = r.model_bytes / median(r.round_seconds) / 1e9
-            out.append(f"fedstream at {n} clients moves model data at {rate:.2f} GB/s = "
-                       f"{100 * rate / floor.upload:.0f}% of the raw gRPC upload floor "
-                       f"({100 * rate / floor.upload_transport:.0f}% of its transport-only rate)")
+            line = (f"fedstream at {n} clients moves model data at {rate:.2f} GB/s = "
+                    f"{100 * rate / floor.upload:.0f}% of the raw gRPC upload floor "
+                    f"({100 * rate / floor.upload_transport:.0f}% of its transport-only rate)")
+            if beside and n in beside:
+                line += (f"; {100 * rate / beside[n].upload:.0f}% of the floor measured just before this run "
+                         f"({beside[n].upload:.2f} GB/s)")
+            out.append(line)
     server_budget, client_budget = (base + 3 * model_bytes for base in bases)
     out.append(f"memory budgets, base + 3 x model ({_mb(model_bytes)}): server {_mb(bases[0])} + {_mb(3 * model_bytes)} = "
                f"{_mb(server_budget)}; client {_mb(bases[1])} + {_mb(3 * model_bytes)} = {_mb(client_budget)} "
@@ -192,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if "grpc" in systems:
         floor = measure_elsewhere(model_bytes, 1 << 20, args.floor_reps)
         print(f"floor: {floor.row()}", flush=True)
+    beside: dict[int, Floor] = {}
     if "fedstream" in systems:
         for n in args.clients:
+            if floor is not None:
+                beside[n] = measure_elsewhere(model_bytes, 1 << 20, args.floor_reps)
+                print(f"floor before fedstream with {n} clients: {beside[n].row()}", flush=True)
             started = time.monotonic()
             r = run_fedstream(workdir, n, args.params, args.rounds, client_device=args.client_device)
             results.append(r)
@@ -214,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f"Flower {n} clients done in {time.monotonic() - started:.0f} s: "
                   f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
-    text = report([warm(r, args.warmup) for r in results], floor, bases, model_bytes, args.rounds)
+    text = report([warm(r, args.warmup) for r in results], floor, bases, model_bytes, args.rounds, beside)
     if args.warmup:
         text += f"\nmedians leave out the first {args.warmup} round(s) of every run (every round is in results.json)"
     own = vm_hwm(os.getpid())
@@ -225,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "report.md").write_text("\n".join(header) + "\n\n" + text + "\n")
     (workdir / "results.json").write_text(json.dumps(
         {"command": command, "machine": machine_summary(), "model_bytes": model_bytes, "base_rss": bases,
-         "floor": asdict(floor) if floor else None, "runs": [asdict(r) for r in results]}, indent=1))
+         "floor": asdict(floor) if floor else None, "floor_before_run": {n: asdict(f) for n, f in beside.items()},
+         "runs": [asdict(r) for r in results]}, indent=1))
     print(f"\nraw results: {workdir}")
     return 0
 

@@ -61,15 +61,22 @@ class StreamingAggregator:
     """
 
     def __init__(self, reference: Mapping[str, torch.Tensor], order: Sequence[str] | None = None) -> None:
-        self.sums: OrderedDict[str, torch.Tensor] = OrderedDict(
-            (name, torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))) for name, t in reference.items()
-        )
+        self._shapes = [(name, t.shape, accumulator_dtype(t.dtype)) for name, t in reference.items()]
+        self._sums: OrderedDict[str, torch.Tensor] | None = None
         self.weight_sum = 0.0
         self.count = 0
         self._lock = threading.Lock()
         self._order = {key: rank for rank, key in enumerate(order)} if order is not None else None
         self._waiting: dict[int, tuple[SpooledUpdate, float]] = {}
         self._next = 0
+
+    @property
+    def sums(self) -> "OrderedDict[str, torch.Tensor]":
+        """The running sums, zero-filled at first use: by the first fold, not at the start of the round, where
+        filling a model's worth of fresh pages would delay every client's task."""
+        if self._sums is None:
+            self._sums = OrderedDict((name, torch.zeros(shape, dtype=dtype)) for name, shape, dtype in self._shapes)
+        return self._sums
 
     def add(self, update: SpooledUpdate, weight: float, scale: float = 1.0, key: str | None = None) -> None:
         """Folds a spooled update slice by slice (never the whole update in memory); with an order, key names

@@ -17,10 +17,12 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedstream.common.tensor_file import write_safetensors
 from fedstream.common.wire import Crc32
 
 FORMAT = 1
@@ -45,13 +47,24 @@ class Checkpoint:
     extra: dict | None = None
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write):
+    """write(tmp) to a temporary name, fsynced and renamed to path; returns what write returned."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
+    result = write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    return result
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Writes a safetensors file and returns its "<crc32>:<length>" (computed while writing where it can)."""
+    try:
+        return write_safetensors(path, tensors)
+    except ValueError:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        return _crc32(path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -86,14 +99,11 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     model_name = f"global-v{checkpoint.version}.safetensors"
     strategy_name = f"strategy-v{checkpoint.version}.safetensors"
-    state = {k: v.contiguous() for k, v in checkpoint.global_state.items()}
-    _atomic_write(directory / model_name, lambda p: save_file(state, str(p)))
-    strategy_state = {k: v.contiguous() for k, v in checkpoint.strategy_state.items()}
-    _atomic_write(directory / strategy_name, lambda p: save_file(strategy_state, str(p)))
+    model_crc = _atomic_write(directory / model_name, lambda p: _write_tensors(p, checkpoint.global_state))
+    strategy_crc = _atomic_write(directory / strategy_name, lambda p: _write_tensors(p, checkpoint.strategy_state))
     meta = {"format": FORMAT, "version": checkpoint.version, "completed_rounds": checkpoint.completed_rounds,
             "model": model_name, "strategy": strategy_name, "order": list(checkpoint.global_state),
-            "crc32": {model_name: _crc32(directory / model_name), strategy_name: _crc32(directory / strategy_name)},
-            "extra": checkpoint.extra or {}}
+            "crc32": {model_name: model_crc, strategy_name: strategy_crc}, "extra": checkpoint.extra or {}}
     text = json.dumps(meta, indent=1)
     _atomic_write(directory / f"state-v{checkpoint.version}.json", lambda p: p.write_text(text))
     _atomic_write(directory / "state.json", lambda p: p.write_text(text))

@@ -30,6 +30,7 @@ from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
 from fedstream.server.admission import TransferSlots
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedstream.server.epilogue import Epilogue
 from fedstream.server.client_settings import apply_client_settings
 from fedstream.server.evaluation import EvaluationRound
 from fedstream.server.round import RoundState
@@ -113,6 +114,7 @@ class Coordinator:
         self.spool = SpoolPool(self.spool_dir / "slots")
         self.transfers = TransferSlots(config.max_transfers)
         self.runlog = RunLog(self.run_dir)
+        self.epilogue = Epilogue()
         self.on_round = on_round
         self.run_id = uuid.uuid4().hex[:12]
         torch.manual_seed(config.seed)
@@ -516,8 +518,10 @@ class Coordinator:
             self.round = None
 
     def _close_round(self, rnd: RoundState) -> bool:
-        """Aggregates, applies and checkpoints the round; False (nothing applied) when the updates cannot be
-        aggregated into a finite model, so the round is retried."""
+        """Aggregates and publishes the round; False (nothing applied) when the updates cannot be aggregated into
+        a finite model, so the round is retried. Evaluation, the metrics line and the checkpoint follow in the
+        round's epilogue, beside the next round."""
+        self.epilogue.wait()  # the previous round's checkpoint has read the strategy state this round changes
         updates = [rnd.accepted[c] for c in sorted(rnd.accepted)]
         seed_round(self.config.seed, rnd.number)
         try:
@@ -529,7 +533,6 @@ class Coordinator:
             return False
         masks_changed = self.pruning.after_round(rnd.number, new_state)
         published = self.publisher.prepare(self.version + 1, new_state, self.pruning.masked, masks_changed)
-        evaluation = self.evaluate_after(rnd.number, new_state)
         infos = [u.info for u in updates if u.info is not None]
         weight = sum(i.num_examples for i in infos)
         train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
@@ -540,25 +543,36 @@ class Coordinator:
             self.publisher.commit(published, self.pruning.masked)
             self.round = None
             self.cond.notify_all()
+            connected = self.sessions.client_ids()
         for update in updates:
             update.delete()
-        federated = self._federated_evaluation(rnd.number) if self.config.federated_eval else {}
         record = {
             "round": rnd.number, "version": self.version, "attempt": rnd.attempt, "clients": len(updates),
-            "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": evaluation["loss"],
-            "eval_accuracy": evaluation["accuracy"], "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
+            "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": None, "eval_accuracy": None,
+            "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
             "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
-            "accepted": sorted(rnd.accepted), **federated,
+            "accepted": sorted(rnd.accepted),
             **self.strategy.round_metrics(), **self.pruning.metrics(self.global_state), **self.publisher.round_metrics(),
         }
-        self.runlog.append(record)
-        with self.cond:
-            connected = self.sessions.client_ids()
-        save_checkpoint(self.run_dir, Checkpoint(self.global_state, self.version, self.completed_rounds,
-                                                 self.strategy.state_dict(), {"clients": connected}))
-        log.info("round=%d closed: %d update(s), %s", rnd.number, len(updates), describe(evaluation))
-        if self.on_round is not None:
-            self.on_round(record)
+        # Strategy tensors change only in the next round's aggregate, which first waits for this epilogue.
+        checkpoint = Checkpoint(self.global_state, self.version, self.completed_rounds, self.strategy.state_dict(),
+                                {"clients": connected})
+
+        def epilogue() -> None:
+            evaluation = self.evaluate_after(rnd.number, checkpoint.global_state)
+            record.update(eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"])
+            if self.config.federated_eval:
+                record.update(self._federated_evaluation(rnd.number))
+            self.runlog.append(record)
+            save_checkpoint(self.run_dir, checkpoint)
+            log.info("round=%d closed: %d update(s), %s", rnd.number, len(updates), describe(evaluation))
+            if self.on_round is not None:
+                self.on_round(record)
+
+        if self.config.federated_eval:
+            epilogue()  # clients evaluate this version before they train on it
+        else:
+            self.epilogue.submit(epilogue)
         return True
 
     def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
@@ -586,13 +600,16 @@ class Coordinator:
         log.warning("stopping: %s", reason)
 
     def finish(self) -> None:
-        with self.cond:
-            self.finished = True
-            if self.round is not None:
-                self.round.closed = True
-            self.cond.notify_all()
-        self.spool.close()
-        self.runlog.write_model(self.global_state)
+        try:
+            self.epilogue.wait()
+        finally:
+            with self.cond:
+                self.finished = True
+                if self.round is not None:
+                    self.round.closed = True
+                self.cond.notify_all()
+            self.spool.close()
+            self.runlog.write_model(self.global_state)
 
     def wait_clients_gone(self, timeout: float) -> None:
         """After finishing, gives connected clients a moment to fetch their FINISH task."""

@@ -1,0 +1,41 @@
+"""The round epilogue runs one job at a time beside the round loop, in order, and hands its errors back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fedstream.server.epilogue import Epilogue
+
+
+def test_jobs_run_one_at_a_time_in_submission_order() -> None:
+    epilogue, seen, running = Epilogue(), [], threading.Event()
+
+    def job(i: int) -> None:
+        assert not running.is_set(), "two epilogues ran at once"
+        running.set()
+        time.sleep(0.02)
+        seen.append(i)
+        running.clear()
+
+    for i in range(5):
+        epilogue.submit(lambda i=i: job(i))
+    epilogue.wait()
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_submit_returns_while_the_job_runs() -> None:
+    epilogue, release = Epilogue(), threading.Event()
+    epilogue.submit(release.wait)
+    release.set()
+    epilogue.wait()
+
+
+def test_a_failed_job_raises_on_the_next_wait_or_submit_once() -> None:
+    epilogue = Epilogue()
+    epilogue.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        epilogue.submit(lambda: None)
+    epilogue.wait()
