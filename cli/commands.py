@@ -192,7 +192,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error("--federated-eval follows synchronous rounds; use --mode sync")
         if args.reproducible:
             parser.error("--reproducible orders each synchronous round's updates; in --mode async the order in "
-                         "which updates arrive decides the versions themselves")
+                         "which updates arrive decides the versions themselves (use --mode sync, or drop --reproducible)")
         factory = async_coordinator(AsyncSettings.from_flags(args.buffer_size, args.staleness,
                                                              args.staleness_exponent, args.max_staleness))
     check_compression_flags(args, parser)

@@ -47,8 +47,10 @@ class Topology:
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process that torchrun started, also as the only rank (one GPU still runs the nccl path)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """True in one of several ranks (torchrun, srun, mpirun set WORLD_SIZE), or in torchrun's only rank, so
+    that one GPU still runs the nccl path."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")) > 1 or ("TORCHELASTIC_RUN_ID" in env and "RANK" in env)
 
 
 @dataclass(frozen=True)

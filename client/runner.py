@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
@@ -9,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import grpc
 import torch
@@ -126,12 +127,15 @@ class FederatedClient:
             beat.start()
             backoff = Backoff()
             while True:
+                if self._run_over.is_set():
+                    return self._finish(self._run_over_message)
                 try:
                     task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=POLL_MS),
                                              timeout=POLL_MS / 1000 + 10)
                     backoff.reset()
                 except grpc.RpcError as exc:
-                    self._recover(exc, backoff)
+                    if not self._run_over.is_set():
+                        self._recover(exc, backoff)
                     continue
                 if task.kind == pb.Task.FINISH:
                     return self._finish(task.message)
@@ -165,6 +169,7 @@ class FederatedClient:
             self.channel.close()
 
     def _finish(self, message: str) -> int:
+        """Leaves the federation after the server ended the run; the process exits 0."""
         log.info("client=%s finished: %s", self.config.client_id, message)
         try:
             self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason="finished"), timeout=5)
@@ -275,8 +280,9 @@ class FederatedClient:
     def local_train(self, settings: TrainSettings, generator: torch.Generator,
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
         """Trains self.model on this client's data (a cluster client, client/distributed.py, trains with DDP)."""
+        extra = {"interrupt": self._run_over} if _takes_interrupt(self.task.train) else {}
         return self.task.train(self.model, self.data, settings, self.device, generator, global_params=global_params,
-                               interrupt=self._run_over)
+                               **extra)
 
     def _save_update(self, task: pb.Task, delta: Mapping[str, torch.Tensor]) -> None:
         """Keeps a copy of what is uploaded (round, base version, examples) for audits and tests."""
@@ -292,6 +298,15 @@ class FederatedClient:
         """local − global, written over the downloaded global tensors (no second model-sized buffer); on a GPU
         computed on the device and copied back asynchronously into the pinned download buffer."""
         return delta_into(global_state, local)
+
+
+def _takes_interrupt(train: Callable[..., object]) -> bool:
+    """Whether a task's train accepts interrupt= (a Task subclass written before it existed does not)."""
+    try:
+        parameters = inspect.signature(train).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "interrupt" or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def _raise_on_stop_signals() -> dict[int, object]:

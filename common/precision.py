@@ -17,17 +17,23 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_amp(amp: str) -> str:
+    """amp itself, or ValueError naming the choices."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     return amp
 
 
 def autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    """The forward pass's context: torch.autocast in amp's dtype, or nothing for off."""
     if check_amp(amp) == "off":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=_DTYPES[amp])
 
 
-def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A scaler that is a no-op unless amp is fp16 (bf16 and float32 gradients do not underflow)."""
-    return torch.amp.GradScaler(device.type, enabled=check_amp(amp) == "fp16")
+def grad_scaler(device: torch.device, amp: str) -> "torch.amp.GradScaler | None":
+    """A loss scaler for fp16, None otherwise (bf16 and float32 gradients do not underflow)."""
+    if check_amp(amp) != "fp16":
+        return None
+    if not hasattr(torch.amp, "GradScaler"):
+        raise ValueError(f"--amp fp16 needs torch 2.3 or later (this is {torch.__version__}); use --amp bf16")
+    return torch.amp.GradScaler(device.type)

@@ -30,7 +30,8 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
         raise ValueError("write_safetensors writes the host's bytes; safetensors is little-endian")
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     views, offset = [], 0
-    for name, tensor in tensors.items():
+    # Widest elements first, as save_file does: every tensor then starts at a multiple of its element size.
+    for name, tensor in sorted(tensors.items(), key=lambda item: (-item[1].element_size(), item[0])):
         if tensor.dtype not in DTYPE_NAMES:
             raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which write_safetensors does not name")
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)

@@ -67,7 +67,7 @@ class StreamingAggregator:
         self.count = 0
         self._lock = threading.Lock()
         self._order = {key: rank for rank, key in enumerate(order)} if order is not None else None
-        self._waiting: dict[int, tuple[SpooledUpdate, float]] = {}
+        self._waiting: dict[int, tuple[SpooledUpdate, float, float]] = {}
         self._next = 0
 
     @property
@@ -85,8 +85,7 @@ class StreamingAggregator:
             raise ValueError(f"update weight must be a finite non-negative number, got {weight}")
         if self._order is None:
             with self._lock:
-                self._fold(update, weight * scale)
-                self.weight_sum += weight
+                self._fold(update, weight, scale)
                 self.count += 1
             return
         if key not in self._order:
@@ -95,17 +94,17 @@ class StreamingAggregator:
             rank = self._order[key]
             if rank < self._next or rank in self._waiting:
                 raise ValueError(f"update {key!r} was already added")
-            self._waiting[rank] = (update, weight * scale)
-            self.weight_sum += weight
+            self._waiting[rank] = (update, weight, scale)
             self.count += 1
             while self._next in self._waiting:
                 self._fold(*self._waiting.pop(self._next))
                 self._next += 1
 
-    def _fold(self, update: SpooledUpdate, factor: float) -> None:
+    def _fold(self, update: SpooledUpdate, weight: float, scale: float) -> None:
         for item, start, values in update.pieces():
             flat = self.sums[item.name].view(-1)
-            flat[start : start + values.numel()].add_(values.to(flat.dtype), alpha=factor)
+            flat[start : start + values.numel()].add_(values.to(flat.dtype), alpha=weight * scale)
+        self.weight_sum += weight  # in fold order too: a float sum of fractional weights depends on it
 
     def _fold_waiting(self) -> None:
         """Folds, in order, the updates still waiting for ones that never came."""
@@ -124,10 +123,10 @@ class StreamingAggregator:
 
     def mean(self) -> "OrderedDict[str, torch.Tensor]":
         """The weighted mean, in the accumulator dtype (the sums are reused, not copied)."""
-        if self.weight_sum <= 0:
-            raise ValueError("no update with positive weight was aggregated")
         with self._lock:
             self._fold_waiting()
+            if self.weight_sum <= 0:
+                raise ValueError("no update with positive weight was aggregated")
             for acc in self.sums.values():
                 acc.div_(self.weight_sum)
             self.weight_sum = 1.0

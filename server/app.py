@@ -76,7 +76,7 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
         with progress:
             coordinator.run()
         # After a signal, clients still training learn of the end from their next heartbeat, then leave.
-        coordinator.wait_clients_gone(timeout=10.0 if not stop.is_set() else config.heartbeat_seconds + 3.0)
+        coordinator.wait_clients_gone(timeout=max(10.0, config.heartbeat_seconds + 3.0))
     finally:
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=2.0).wait()

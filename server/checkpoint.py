@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +26,7 @@ from fedstream.common.tensor_file import write_safetensors
 from fedstream.common.wire import Crc32
 
 FORMAT = 1
+T = TypeVar("T")
 KEEP_GENERATIONS = 2
 log = logging.getLogger("fedstream.server")
 
@@ -47,7 +48,7 @@ class Checkpoint:
     extra: dict | None = None
 
 
-def _atomic_write(path: Path, write):
+def _atomic_write(path: Path, write: Callable[[Path], T]) -> T:
     """write(tmp) to a temporary name, fsynced and renamed to path; returns what write returned."""
     tmp = path.with_name(f".{path.name}.tmp")
     result = write(tmp)

@@ -114,7 +114,7 @@ class Coordinator:
         self.spool = SpoolPool(self.spool_dir / "slots")
         self.transfers = TransferSlots(config.max_transfers)
         self.runlog = RunLog(self.run_dir)
-        self.epilogue = Epilogue()
+        self.epilogue = Epilogue(on_error=self._epilogue_failed)
         self.on_round = on_round
         self.run_id = uuid.uuid4().hex[:12]
         torch.manual_seed(config.seed)
@@ -557,23 +557,29 @@ class Coordinator:
         # Strategy tensors change only in the next round's aggregate, which first waits for this epilogue.
         checkpoint = Checkpoint(self.global_state, self.version, self.completed_rounds, self.strategy.state_dict(),
                                 {"clients": connected})
-
-        def epilogue() -> None:
-            evaluation = self.evaluate_after(rnd.number, checkpoint.global_state)
-            record.update(eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"])
-            if self.config.federated_eval:
-                record.update(self._federated_evaluation(rnd.number))
-            self.runlog.append(record)
-            save_checkpoint(self.run_dir, checkpoint)
-            log.info("round=%d closed: %d update(s), %s", rnd.number, len(updates), describe(evaluation))
-            if self.on_round is not None:
-                self.on_round(record)
-
         if self.config.federated_eval:
-            epilogue()  # clients evaluate this version before they train on it
+            self._finish_round(record, checkpoint)  # clients evaluate this version before they train on it
         else:
-            self.epilogue.submit(epilogue)
+            self.epilogue.submit(lambda: self._finish_round(record, checkpoint))
         return True
+
+    def _finish_round(self, record: dict, checkpoint: Checkpoint) -> None:
+        """The round's epilogue: evaluation, its metrics line, its checkpoint, the on_round callback."""
+        number = record["round"]
+        evaluation = self.evaluate_after(number, checkpoint.global_state)
+        record.update(eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"])
+        if self.config.federated_eval:
+            record.update(self._federated_evaluation(number))
+        self.runlog.append(record)
+        save_checkpoint(self.run_dir, checkpoint)
+        log.info("round=%d closed: %d update(s), %s", number, record["clients"], describe(evaluation))
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _epilogue_failed(self, exc: BaseException) -> None:
+        log.error("round epilogue failed (%s: %s); the run stops after the current round's transfers",
+                  type(exc).__name__, exc)
+        self.stop(f"the server could not finish a round: {type(exc).__name__}: {exc}")
 
     def evaluate(self, state: OrderedDict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state, assign=True)

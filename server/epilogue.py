@@ -13,12 +13,16 @@ from typing import Callable
 
 
 class Epilogue:
-    def __init__(self, name: str = "round-epilogue") -> None:
+    """One background job at a time; a failure calls on_error at once and is raised again by the next call."""
+
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None, name: str = "round-epilogue") -> None:
         self.name = name
+        self.on_error = on_error
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Runs job on a new thread once the previous one has finished."""
         self.wait()
         self._thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=True)
         self._thread.start()
@@ -37,3 +41,5 @@ class Epilogue:
             job()
         except BaseException as exc:  # re-raised by the next submit or wait, on the round loop's thread
             self._error = exc
+            if self.on_error is not None:
+                self.on_error(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,5 +71,12 @@ def test_three_clients_three_rounds_equal_offline_fedavg_and_repeat_exactly(tmp_
         assert torch.allclose(final[name], tensor, atol=1e-6), name
 
     second = load_file(str(run_federation(tmp_path, "b", slow_client=2) / "model.safetensors"))
+    assert arrival_order(tmp_path, "a") != arrival_order(tmp_path, "b"), "the two runs must differ in arrival order"
     for name in final:
         assert torch.equal(final[name], second[name]), name
+
+
+def arrival_order(tmp: Path, name: str) -> list[str]:
+    """The order in which the server accepted round 1's updates, from its log."""
+    log = (tmp / f"{name}.server.log").read_text()
+    return re.findall(r"round=1 client=(\S+) update accepted", log)

@@ -27,15 +27,24 @@ def test_jobs_run_one_at_a_time_in_submission_order() -> None:
 
 
 def test_submit_returns_while_the_job_runs() -> None:
-    epilogue, release = Epilogue(), threading.Event()
-    epilogue.submit(release.wait)
+    epilogue, release, done = Epilogue(), threading.Event(), threading.Event()
+
+    def job() -> None:
+        release.wait(timeout=10)
+        done.set()
+
+    epilogue.submit(job)
+    assert not done.is_set(), "submit waited for the job it started"
     release.set()
     epilogue.wait()
+    assert done.is_set()
 
 
-def test_a_failed_job_raises_on_the_next_wait_or_submit_once() -> None:
-    epilogue = Epilogue()
+def test_a_failed_job_is_reported_at_once_and_raised_on_the_next_call_once() -> None:
+    reported: list[BaseException] = []
+    epilogue = Epilogue(on_error=reported.append)
     epilogue.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         epilogue.submit(lambda: None)
+    assert [str(e) for e in reported] == ["disk full"]
     epilogue.wait()

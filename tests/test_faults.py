@@ -189,7 +189,8 @@ def test_server_sigkilled_mid_round_and_between_rounds_resumes_to_the_uninterrup
     server, clients = _federation(tmp_path, "interrupted", port)
     restarts: list[ServerProcess] = []
     try:
-        wait_for(lambda: "round=2 uploading" in server.client_log(0), 90, "client-0's round-2 upload", server)
+        wait_for(lambda: "round=2 uploading" in server.client_log(0) and checkpointed_rounds(run_dir) == 1, 90,
+                 "client-0's round-2 upload, with round 1 checkpointed by its epilogue", server)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         assert checkpointed_rounds(run_dir) == 1, "killed mid-round 2: the checkpoint must hold round 1"

@@ -25,7 +25,7 @@ def test_autocast_lowers_the_compute_dtype_only(device: str, amp: str, dtype: to
         out = layer(torch.randn(2, 8, device=device))
     assert out.dtype == dtype
     assert layer.weight.dtype == torch.float32
-    assert grad_scaler(torch.device(device), amp).is_enabled() == (amp == "fp16")
+    assert (grad_scaler(torch.device(device), amp) is not None) == (amp == "fp16")
 
 
 def test_unknown_amp_is_refused_with_the_choices() -> None:
@@ -49,7 +49,7 @@ def test_mixed_precision_training_learns_digits(device: str, amp: str) -> None:
 
 
 @pytest.mark.slow
-def test_federation_with_bf16_clients_reaches_the_accuracy_of_float32(tmp_path: Path) -> None:
+def test_federation_with_bf16_clients_learns_digits(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     server = start_server(run_dir, "--rounds", "3", "--min-clients", "2", "--seed", "7", "--round-timeout", "120")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -42,6 +42,7 @@ class Task:
     defaults: TrainSettings
     make_optimizer: Callable[[list[nn.Parameter], TrainSettings], torch.optim.Optimizer] | None = None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+    _scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def train_labels(self) -> torch.Tensor:
@@ -66,7 +67,7 @@ class Task:
         current step once interrupt is set (the server ended the run)."""
         model.train()
         optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad], settings)
-        scaler = grad_scaler(device, settings.amp)
+        scaler = self._scaler(device, settings.amp)
         anchors = None
         if settings.proximal_mu > 0 and global_params is not None:
             anchors = {n: global_params[n].to(device) for n, _ in model.named_parameters()}
@@ -74,6 +75,9 @@ class Task:
         seen, steps = 0, 0
         started = time.perf_counter()
         for _ in range(max(settings.local_epochs, 0)):
+            if (settings.max_steps is not None and steps >= settings.max_steps) or (
+                    interrupt is not None and interrupt.is_set()):
+                break
             for x, y in batches(data, settings.batch_size, generator, device):
                 if (settings.max_steps is not None and steps >= settings.max_steps) or (
                         interrupt is not None and interrupt.is_set()):
@@ -85,9 +89,13 @@ class Task:
                 if anchors is not None:
                     prox = sum(torch.sum((p - anchors[n]) ** 2) for n, p in model.named_parameters())
                     objective = objective + 0.5 * settings.proximal_mu * prox
-                scaler.scale(objective).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                if scaler is None:
+                    objective.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(objective).backward()
+                    scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+                    scaler.update()
                 total += loss.detach().double() * len(y)
                 seen += len(y)
                 steps += 1
@@ -95,6 +103,14 @@ class Task:
         if settings.slowdown > 1.0:
             (interrupt or threading.Event()).wait((time.perf_counter() - started) * (settings.slowdown - 1.0))
         return {"train_loss": mean_loss, "steps": float(steps)}
+
+    def _scaler(self, device: torch.device, amp: str) -> "torch.amp.GradScaler | None":
+        """fp16's loss scaler, kept from round to round so each round starts at the scale the last one found."""
+        if amp != "fp16":
+            return grad_scaler(device, amp)
+        if device.type not in self._scalers:
+            self._scalers[device.type] = grad_scaler(device, amp)
+        return self._scalers[device.type]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TensorDataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
@@ -115,6 +131,7 @@ def batches(data: TensorDataset, batch_size: int, generator: torch.Generator,
     """One shuffled epoch of minibatches, indexed straight out of the dataset's tensors (no per-example collate)."""
     order = torch.randperm(len(data), generator=generator)
     non_blocking = device.type == "cuda"
-    for start in range(0, len(order), max(batch_size, 1)):
-        index = order[start : start + batch_size]
+    step = max(batch_size, 1)
+    for start in range(0, len(order), step):
+        index = order[start : start + step]
         yield tuple(t[index].to(device, non_blocking=non_blocking) for t in data.tensors)

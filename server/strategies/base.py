@@ -106,7 +106,10 @@ class Strategy:
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors to checkpoint with the run (server optimiser moments, adaptive clip norm, ...)."""
+        """Tensors to checkpoint with the run (server optimiser moments, adaptive clip norm, ...).
+
+        The round's checkpoint is written beside the next round and may hold these very tensors: change them
+        only in aggregate or apply (which wait for that checkpoint), never in begin_round, weight or scale."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
