@@ -204,6 +204,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           wait_for_clients=args.wait_for_clients, local_epochs=args.local_epochs,
                           batch_size=args.batch_size, learning_rate=args.learning_rate,
                           client_settings=client_settings, max_sessions=args.max_sessions,
+                          join_rate=args.join_rate, join_burst=args.join_burst,
                           max_transfers=args.max_transfers,
                           session_timeout=args.session_timeout, heartbeat_seconds=args.heartbeat_seconds,
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",

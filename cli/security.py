@@ -9,6 +9,8 @@ from pathlib import Path
 
 from fedstream.cli.options import non_negative_int, positive_float, positive_int
 from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
+from fedstream.server.join_limit import DEFAULT_BURST as DEFAULT_JOIN_BURST
+from fedstream.server.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
 
 CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
           "network you trust)")
@@ -35,6 +37,11 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
                    help="require per-client tokens HMAC(secret, client id); fedstream certs --tokens writes the secret")
     g.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no client authentication")
     g.add_argument("--max-sessions", type=positive_int, default=10_000, help="most clients connected at once")
+    g.add_argument("--join-rate", type=non_negative_float, default=DEFAULT_JOIN_RATE,
+                   help="joins per second one host may make after its burst (0: no limit; simulations of many "
+                        "clients on one host need 0 or a high value)")
+    g.add_argument("--join-burst", type=positive_int, default=DEFAULT_JOIN_BURST,
+                   help="joins one host may make at once before --join-rate applies")
     g.add_argument("--max-transfers", type=non_negative_int, default=DEFAULT_TRANSFER_LIMIT,
                    help="most model downloads and uploads streaming at once (others wait their turn, so server memory "
                         "does not grow with the number of clients; a transfer that moves no chunk for 1 s, being slow or stalled, stops counting); "

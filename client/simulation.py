@@ -173,6 +173,7 @@ def _start_server(args: argparse.Namespace, run_dir: Path) -> tuple[subprocess.P
                "--clients-per-round", str(args.clients_per_round), "--min-clients", str(needed),
                "--round-timeout", f"{args.round_timeout:g}", "--wait-for-clients", "900", "--seed", str(args.seed),
                "--max-workers", str(max(256, 2 * args.clients + 32)), "--mode", args.mode,
+               "--join-rate", "0",  # every simulated client joins from this one host
                "--buffer-size", str(args.buffer_size), "--task", args.task, "--log-level", "WARNING"]
     command += [f for k, v in args.task_option for f in ("--task-option", f"{k}={v}")]
     server = subprocess.Popen(command)

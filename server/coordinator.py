@@ -31,6 +31,9 @@ from fedstream.server.admission import TransferSlots
 from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedstream.server.epilogue import Epilogue
+from fedstream.server.join_limit import DEFAULT_BURST as DEFAULT_JOIN_BURST
+from fedstream.server.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
+from fedstream.server.join_limit import JoinRateLimit
 from fedstream.server.client_settings import apply_client_settings
 from fedstream.server.evaluation import EvaluationRound
 from fedstream.server.round import RoundState
@@ -68,6 +71,8 @@ class ServerConfig:
     eval_every: int = 1
     reproducible: bool = False
     max_sessions: int = 10_000
+    join_rate: float = DEFAULT_JOIN_RATE
+    join_burst: int = DEFAULT_JOIN_BURST
     max_transfers: int = DEFAULT_TRANSFER_LIMIT
     wait_for_clients: float = 600.0
     local_epochs: int | None = None
@@ -113,6 +118,7 @@ class Coordinator:
         clear_spool(self.spool_dir)
         self.spool = SpoolPool(self.spool_dir / "slots")
         self.transfers = TransferSlots(config.max_transfers)
+        self.join_limit = JoinRateLimit(config.join_rate, config.join_burst)
         self.runlog = RunLog(self.run_dir)
         self.epilogue = Epilogue(on_error=self._epilogue_failed)
         self.on_round = on_round

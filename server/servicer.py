@@ -13,7 +13,8 @@ from fedstream.common.protocol import UPLOAD_ADMITTED_KEY
 from fedstream.common.wire import DataChunk, deserializer, serializer
 from fedstream.server.auth import Authenticator
 from fedstream.server.coordinator import Coordinator, Duplicate, UploadSink
-from fedstream.server.errors import Refusal, invalid
+from fedstream.server.errors import Refusal, exhausted, invalid
+from fedstream.server.join_limit import peer_host
 
 SERVICE = "fedstream.v1.Coordinator"
 log = logging.getLogger("fedstream.server")
@@ -31,6 +32,11 @@ class CoordinatorServicer:
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         def join() -> pb.JoinReply:
+            limit, host = self.coordinator.join_limit, peer_host(context.peer())
+            wait = limit.wait_seconds(host)
+            if wait:
+                raise exhausted(f"too many joins from {host}: at most {limit.rate:g} per second after a burst of "
+                                f"{limit.burst}; retry in {wait:.1f} s (the server's --join-rate and --join-burst)")
             self.auth.check_join(context, request.client_id, request.token)
             return self.coordinator.join(request)
 
