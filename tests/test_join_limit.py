@@ -9,14 +9,7 @@ import pytest
 
 from fedstream.server.join_limit import JoinRateLimit, peer_host
 from tests.inprocess import start_federation
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_admission import FakeClock as Clock
 
 
 def test_a_host_gets_its_burst_then_the_rate_and_other_hosts_are_not_affected() -> None:
