@@ -60,7 +60,8 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                    help="evaluate the global model on the server's test data every N rounds (and after the last)")
     p.add_argument("--reproducible", action="store_true",
                    help="fold each round's updates in client-id order, not arrival order, so runs with the same "
-                        "seeds give bit-identical models (folds that wait move to the end of the round)")
+                        "seeds give bit-identical models (folds that wait move to the end of the round; with --dp, "
+                        "also set its noise_seed)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
