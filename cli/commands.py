@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from fedstream.cli.options import host_port, key_value, non_negative_int, positive_float, positive_int
+from fedstream.cli.options import host_port, key_value, non_negative_float, non_negative_int, positive_float, positive_int
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
@@ -105,6 +105,10 @@ def client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=non_negative_int, default=None)
     p.add_argument("--slowdown", type=positive_float, default=1.0, help="train this many times slower (experiments)")
     p.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--dp-sgd-noise", type=non_negative_float, default=0.0,
+                   help="sample-level DP-SGD in this client (Opacus): noise multiplier σ (0: off)")
+    p.add_argument("--dp-sgd-clip", type=positive_float, default=1.0, help="DP-SGD: per-example gradient norm C")
+    p.add_argument("--dp-sgd-delta", type=positive_float, default=1e-5, help="DP-SGD: δ at which ε is reported")
     p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed-precision local training: bf16 (no loss scaling) or fp16 (with a gradient scaler)")
     p.add_argument("--connect-timeout", type=positive_float, default=600.0)
@@ -254,13 +258,26 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         resolve_device(args.device)  # flag errors first, before the question of transport security
     except ValueError as exc:
         parser.error(str(exc))
+    dp_sgd = None
+    if args.dp_sgd_noise > 0:
+        from fedstream.client.distributed import launched_by_torchrun as cluster
+        from fedstream.client.dp_sgd import DpSgdSettings
+
+        if cluster():
+            parser.error("--dp-sgd-noise: DP-SGD runs in single-process clients; a torchrun cluster client would need "
+                         "Opacus's distributed wrapper (drop --dp-sgd-noise or run one process)")
+        if args.amp != "off":
+            parser.error("--amp with --dp-sgd-noise: Opacus computes per-example gradients in float32; drop --amp")
+        if not 0 < args.dp_sgd_delta < 1:
+            parser.error(f"--dp-sgd-delta {args.dp_sgd_delta}: must be in (0, 1); 1e-5 is usual")
+        dp_sgd = DpSgdSettings(args.dp_sgd_noise, args.dp_sgd_clip, args.dp_sgd_delta)
     security = client_security(args, parser, client_id)
     config = ClientConfig(server=args.server, client_id=client_id, partition=partition,
                           partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,
                           device=args.device, local_epochs=args.local_epochs, connect_timeout=args.connect_timeout,
                           slowdown=args.slowdown, save_updates=args.save_updates, credentials=security.credentials,
                           server_name=security.server_name, token=security.token,
-                          upload_chunk_delay=args.upload_chunk_delay, amp=args.amp)
+                          upload_chunk_delay=args.upload_chunk_delay, amp=args.amp, dp_sgd=dp_sgd)
     from fedstream.client.distributed import launched_by_torchrun, run_cluster_client
 
     if launched_by_torchrun():

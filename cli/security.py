@@ -7,23 +7,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedstream.cli.options import non_negative_int, positive_float, positive_int
+from fedstream.cli.options import non_negative_float, non_negative_int, positive_float, positive_int
 from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
 from fedstream.server.join_limit import DEFAULT_BURST as DEFAULT_JOIN_BURST
 from fedstream.server.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
 
 CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
           "network you trust)")
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
 
 
 def add_server_security_flags(p: argparse.ArgumentParser) -> None:

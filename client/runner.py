@@ -23,6 +23,7 @@ from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
 from fedstream.client.device_copy import delta_into, load_state
+from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
@@ -61,6 +62,7 @@ class ClientConfig:
     save_updates: Path | None = None
     upload_chunk_delay: float = 0.0
     amp: str = "off"
+    dp_sgd: DpSgdSettings | None = None
 
 
 def _subset_tensors(data: TensorDataset, indices: torch.Tensor) -> TensorDataset:
@@ -82,6 +84,7 @@ class FederatedClient:
         self.stub = CoordinatorStub(self.channel)
         self.session: pb.JoinReply | None = None
         self._stop = threading.Event()
+        self.dp_sgd = DpSgdTrainer(config.dp_sgd) if config.dp_sgd is not None else None
         self._run_over = threading.Event()  # a heartbeat said the run ended: stop training, do not upload
         self._run_over_message = ""
         self.rounds_trained = 0
@@ -280,6 +283,12 @@ class FederatedClient:
     def local_train(self, settings: TrainSettings, generator: torch.Generator,
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
         """Trains self.model on this client's data (a cluster client, client/distributed.py, trains with DDP)."""
+        if self.dp_sgd is not None:
+            metrics = self.dp_sgd.train(self.task, self.model, self.data, settings, self.device, global_params,
+                                        interrupt=self._run_over)
+            log.info("client=%s DP-SGD: ε = %.3f at δ = %g after %d step(s) in all", self.config.client_id,
+                     metrics["dp_sgd_epsilon"], self.dp_sgd.settings.delta, self.dp_sgd.steps)
+            return metrics
         extra = {"interrupt": self._run_over} if _takes_interrupt(self.task.train) else {}
         return self.task.train(self.model, self.data, settings, self.device, generator, global_params=global_params,
                                **extra)

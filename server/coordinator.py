@@ -557,7 +557,7 @@ class Coordinator:
             "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": None, "eval_accuracy": None,
             "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
             "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
-            "accepted": sorted(rnd.accepted),
+            "accepted": sorted(rnd.accepted), **_client_privacy(infos),
             **self.strategy.round_metrics(), **self.pruning.metrics(self.global_state), **self.publisher.round_metrics(),
         }
         # Strategy tensors change only in the next round's aggregate, which first waits for this epilogue.
@@ -663,6 +663,12 @@ def seed_round(seed: int, number: int) -> None:
     value = seed * 1_000_003 + number
     torch.manual_seed(value)
     random.seed(value)
+
+
+def _client_privacy(infos: list[UpdateInfo]) -> dict[str, float]:
+    """The largest ε that clients training with DP-SGD reported for their own data (none: no key)."""
+    spent = [i.metrics["dp_sgd_epsilon"] for i in infos if "dp_sgd_epsilon" in i.metrics]
+    return {"dp_sgd_epsilon_max": max(spent)} if spent else {}
 
 
 def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:

@@ -26,6 +26,8 @@ CLI = [sys.executable, "-m", "fedstream.cli"]
     (["client", "--device", "tpu"], "--device"),
     (["client", "--amp", "fp8"], "--amp"),
     (["server", "--mode", "async", "--reproducible"], "--reproducible"),
+    (["client", "--dp-sgd-noise", "1", "--dp-sgd-delta", "2"], "--dp-sgd-delta"),
+    (["client", "--dp-sgd-noise", "1", "--amp", "bf16"], "--amp"),
 ])
 def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str) -> None:
     result = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60)
