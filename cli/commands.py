@@ -188,9 +188,9 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if not strategy.streaming:
             parser.error(f"--mode async: strategy {args.strategy} needs every update of a round at once; "
                          "async mode folds updates as they arrive (use a streaming strategy such as fedavg)")
-        if args.dp:
-            parser.error("--mode async with --dp: the privacy accounting assumes sampled synchronous rounds; "
-                         "use --mode sync for differential privacy")
+        if args.dp == "central":
+            parser.error("--mode async with --dp central: its noise and accounting assume sampled synchronous "
+                         "rounds; use --dp local (clients noise their own updates) or --mode sync")
         if args.clients_per_round:
             parser.error("--clients-per-round samples synchronous rounds; in --mode async every idle client trains")
         if args.federated_eval:

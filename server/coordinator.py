@@ -210,7 +210,11 @@ class Coordinator:
             self._session(session_id)
             return pb.HeartbeatReply(version=self.version, round=self.round.number if self.round else 0,
                                      finished=self.finished,
-                                     finish_message=(self.stopping or "the run is over") if self.finished else "")
+                                     finish_message=self.finish_message() if self.finished else "")
+
+    def finish_message(self) -> str:
+        """Why the run ended, for FINISH tasks and heartbeats: a stop signal, the strategy (DP budget), or its end."""
+        return self.stopping or self.strategy_stop or "the run is over"
 
     def leave(self, session_id: str, reason: str) -> None:
         with self.cond:
@@ -233,7 +237,7 @@ class Coordinator:
 
     def _task_for(self, client_id: str) -> pb.Task | None:
         if self.finished:
-            return pb.Task(kind=pb.Task.FINISH, message=self.stopping or "the run is over")
+            return pb.Task(kind=pb.Task.FINISH, message=self.finish_message())
         if self.evaluation is not None:
             return self.evaluation.task_for(client_id)
         rnd = self.round

@@ -120,9 +120,17 @@ class AsyncCoordinator(Coordinator):
         """A client asking for work is idle: it gets a fresh task on the current version (any older one lapses).
         No work is handed out before --min-clients have joined."""
         if self.finished:
-            return pb.Task(kind=pb.Task.FINISH, message=self.stopping or "the run is over")
+            return pb.Task(kind=pb.Task.FINISH, message=self.finish_message())
         if not self.started:
             return None
+        unpublished = sum(1 for u in self.buffer.updates if u.info is not None and u.info.client_id == client_id)
+        reason = self.strategy.begin_task(client_id, unpublished)
+        if reason:
+            log.warning("no task for client %s: %s; the run ends", client_id, reason)
+            self.strategy_stop = reason
+            self.finished = True
+            self.cond.notify_all()
+            return pb.Task(kind=pb.Task.FINISH, message=reason)
         self.tasks_issued += 1
         ticket = Ticket(self.tasks_issued, self.version, client_id)
         self.tickets[client_id] = ticket

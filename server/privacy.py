@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import secrets
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Mapping
 
 import torch
@@ -99,6 +99,9 @@ class DelegatingStrategy(Strategy):
 
     def begin_round(self, number: int, sampled: int, population: int) -> str | None:
         return self.inner.begin_round(number, sampled, population)
+
+    def begin_task(self, client_id: str, unpublished: int = 0) -> str | None:
+        return self.inner.begin_task(client_id, unpublished)
 
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
         return self.inner.configure_client(config)
@@ -255,7 +258,13 @@ class CentralDP(DelegatingStrategy):
 
 
 class LocalDP(DelegatingStrategy):
-    """Asks clients to clip to C and add N(0, (σC)²) themselves; aggregation is the inner strategy's."""
+    """Asks clients to clip to C and add N(0, (σC)²) themselves; aggregation is the inner strategy's.
+
+    Each update is one Gaussian release of its client's data (q = 1), so a client's ε follows the number of
+    updates it sent. ε is reported, and checked against the target, for the client that sent the most: in sync
+    mode at most one per round, in async mode as many as its tasks. After a restart every client is assumed to
+    have sent as many as that client had (the checkpoint keeps the count, not the ids): an upper bound.
+    """
 
     def __init__(self, inner: Strategy, clip: float, noise_multiplier: float, delta: float = 1e-5,
                  target_epsilon: float | None = None) -> None:
@@ -265,6 +274,8 @@ class LocalDP(DelegatingStrategy):
             raise ValueError(f"--dp local needs a fixed positive --clip, got {clip}")
         self.clip = float(clip)
         self.budget = PrivacyBudget(noise_multiplier, delta, target_epsilon)
+        self.sent: Counter[str] = Counter()
+        self.floor = 0
 
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
         return {**self.inner.configure_client(config), "clip_norm": self.clip,
@@ -273,9 +284,21 @@ class LocalDP(DelegatingStrategy):
     def begin_round(self, number: int, sampled: int, population: int) -> str | None:
         return self.budget.stop_reason(number, 1.0) or self.inner.begin_round(number, sampled, population)
 
+    def begin_task(self, client_id: str, unpublished: int = 0) -> str | None:
+        budget = self.budget
+        if budget.target_epsilon is not None:
+            updates = self.floor + self.sent[client_id] + unpublished + 1
+            after = _rdp_epsilon(((budget.noise_multiplier, 1.0, updates),), budget.accountant.delta)
+            if after > budget.target_epsilon:
+                return (f"client {client_id}'s next update would raise its ε to {after:.3f} "
+                        f"(δ={budget.accountant.delta:g}), past --target-epsilon {budget.target_epsilon:g}")
+        return self.inner.begin_task(client_id, unpublished)
+
     def aggregate(self, updates: RoundUpdates) -> "OrderedDict[str, torch.Tensor]":
         out = self.inner.aggregate(updates)
-        self.budget.accountant.step(self.budget.noise_multiplier, 1.0)
+        self.sent.update(info.client_id for info in updates.infos)
+        most = self.floor + max(self.sent.values(), default=0)
+        self.budget.accountant.history = [(self.budget.noise_multiplier, 1.0, most)] if most else []
         return out
 
     def round_metrics(self) -> dict[str, float]:
@@ -287,6 +310,8 @@ class LocalDP(DelegatingStrategy):
     def load_own_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if "accountant" in state:
             self.budget.accountant.load_tensor(state["accountant"])
+            self.floor = sum(steps for _, _, steps in self.budget.accountant.history)
+            self.sent.clear()
 
 
 def parse_clip(text: str | float) -> float | None:

@@ -262,3 +262,26 @@ def test_async_federation_shows_staleness_and_equals_offline_fedbuff(tmp_path: P
     expected = _offline_fedbuff(records, updates, seed=11, exponent=1.0)
     for name, tensor in expected.items():
         assert torch.allclose(final[name].double(), tensor, atol=1e-5, rtol=0), name
+
+
+@pytest.mark.slow
+def test_async_local_dp_counts_each_clients_updates_and_ends_before_one_passes_the_target(tmp_path: Path) -> None:
+    """σ = 2 at q = 1: a client's 4th update would cost ε 4.73 > 4.5, so each client sends at most 3."""
+    run_dir = tmp_path / "async-dp"
+    server = start_server(run_dir, "--mode", "async", "--buffer-size", "2", "--rounds", "50", "--dp", "local",
+                          "--clip", "1.0", "--noise-multiplier", "2.0", "--target-epsilon", "4.5")
+    try:
+        procs = [start_client(server, "--partition", f"{i}/2", "--device", "cpu") for i in range(2)]
+        assert server.wait(timeout=120) == 0, server.log()[-3000:]
+        assert wait_all(procs, timeout=60) == [0, 0], [server.client_log(i)[-2000:] for i in range(2)]
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    folded: dict[str, int] = {}
+    for r in records:
+        for f in r["folded"]:
+            folded[f["client"]] = folded.get(f["client"], 0) + 1
+    assert 1 <= max(folded.values()) <= 3, folded
+    assert all(r["epsilon"] <= 4.5 for r in records) and records[-1]["noise_multiplier"] == 2.0
+    assert "next update would raise its ε" in server.log()
+    assert any("next update would raise its ε" in server.client_log(i) for i in range(2))

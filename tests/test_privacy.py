@@ -212,3 +212,23 @@ def test_coordinator_ends_the_run_before_a_round_that_would_pass_the_target(tmp_
     assert "round 1 would raise ε to" in coordinator.strategy_stop
     assert "past --target-epsilon 1" in coordinator.strategy_stop
     assert coordinator.next_task(reply.session_id, 0.0).kind == pb.Task.FINISH
+
+
+def test_local_dp_counts_each_clients_own_updates_and_stops_the_one_that_would_pass_the_target(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(5)
+    state = model(gen)
+    strategy = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
+    first = round_updates(tmp_path, strategy, state, [random_delta(gen) for _ in range(2)], [1, 1])
+    strategy.aggregate(first)  # client-00 and client-01 sent one each
+    only = round_updates(tmp_path, strategy, state, [random_delta(gen)], [1])
+    strategy.aggregate(only)  # client-00 sent its second
+    two = RDPAccountant()
+    for _ in range(2):
+        two.step(noise_multiplier=1.0, sample_rate=1.0)
+    assert strategy.round_metrics()["epsilon"] == pytest.approx(two.get_epsilon(1e-5))  # the busiest client's ε
+    assert strategy.begin_task("client-01") is None  # its 2nd update: ε 7.08 < 8
+    assert "client-00's next update would raise its ε to 9.0" in strategy.begin_task("client-00")
+    assert "client-01" in strategy.begin_task("client-01", unpublished=1), "an update waiting in the buffer counts"
+    restored = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.begin_task("client-01") is not None, "after a restart every client counts as the busiest"
