@@ -122,7 +122,7 @@ def driver_main(args: argparse.Namespace) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(work / "server.log", "w") as log:
         server = subprocess.Popen(FEDSTREAM + [
-            "server", "--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--run-dir", str(run_dir),
+            "server", "--insecure", "--join-rate", "0", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--run-dir", str(run_dir),
             "--rounds", str(args.rounds), "--min-clients", str(args.clients), "--round-timeout", str(args.round_timeout),
             "--wait-for-clients", str(args.timeout), "--task", "digits", "--task-option", f"hidden={args.hidden}",
             "--max-workers", str(args.max_workers), "--session-timeout", "60", "--log-level", "WARNING"],

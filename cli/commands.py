@@ -60,8 +60,8 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                    help="evaluate the global model on the server's test data every N rounds (and after the last)")
     p.add_argument("--reproducible", action="store_true",
                    help="fold each round's updates in client-id order, not arrival order, so runs with the same "
-                        "seeds give bit-identical models (folds that wait move to the end of the round; with --dp, "
-                        "also set its noise_seed)")
+                        "seeds give bit-identical models (folds that wait move to the end of the round; with --dp central, "
+                        "also set --dp-option noise_seed; local DP and DP-SGD noise is the clients' own secret)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
     p.add_argument("--mode", choices=["sync", "async"], default="sync",
@@ -258,19 +258,23 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         resolve_device(args.device)  # flag errors first, before the question of transport security
     except ValueError as exc:
         parser.error(str(exc))
+    from fedstream.client.distributed import launched_by_torchrun, run_cluster_client
+
     dp_sgd = None
     if args.dp_sgd_noise > 0:
-        from fedstream.client.distributed import launched_by_torchrun as cluster
         from fedstream.client.dp_sgd import DpSgdSettings
 
-        if cluster():
+        if launched_by_torchrun():
             parser.error("--dp-sgd-noise: DP-SGD runs in single-process clients; a torchrun cluster client would need "
                          "Opacus's distributed wrapper (drop --dp-sgd-noise or run one process)")
         if args.amp != "off":
             parser.error("--amp with --dp-sgd-noise: Opacus computes per-example gradients in float32; drop --amp")
         if not 0 < args.dp_sgd_delta < 1:
             parser.error(f"--dp-sgd-delta {args.dp_sgd_delta}: must be in (0, 1); 1e-5 is usual")
-        dp_sgd = DpSgdSettings(args.dp_sgd_noise, args.dp_sgd_clip, args.dp_sgd_delta)
+        try:
+            dp_sgd = DpSgdSettings(args.dp_sgd_noise, args.dp_sgd_clip, args.dp_sgd_delta)
+        except ValueError as exc:
+            parser.error(f"--dp-sgd-noise/--dp-sgd-clip: {exc}")
     security = client_security(args, parser, client_id)
     config = ClientConfig(server=args.server, client_id=client_id, partition=partition,
                           partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,
@@ -278,8 +282,6 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           slowdown=args.slowdown, save_updates=args.save_updates, credentials=security.credentials,
                           server_name=security.server_name, token=security.token,
                           upload_chunk_delay=args.upload_chunk_delay, amp=args.amp, dp_sgd=dp_sgd)
-    from fedstream.client.distributed import launched_by_torchrun, run_cluster_client
-
     if launched_by_torchrun():
         return run_cluster_client(task, config)
     try:

@@ -73,5 +73,8 @@ def with_retry(fn: Callable[[], T], what: str, give_up_after: float, sleep: Call
             if code not in RETRYABLE or time.monotonic() >= deadline:
                 raise
             delay = backoff.next_delay()
-            log.info("%s: server not reachable (%s); retrying in %.1f s", what, code.name if code else exc, delay)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                log.info("%s: the server is busy (%s); retrying in %.1f s", what, exc.details(), delay)
+            else:
+                log.info("%s: server not reachable (%s); retrying in %.1f s", what, code.name if code else exc, delay)
             sleep(delay)

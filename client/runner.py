@@ -23,7 +23,7 @@ from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
 from fedstream.client.device_copy import delta_into, load_state
-from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer
+from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codec import available_codecs
@@ -80,6 +80,8 @@ class FederatedClient:
         self.eval_data = _subset_tensors(task.test_data, partition_indices(task.test_data.tensors[1], i, n, "iid",
                                                                            seed=config.partition_seed))
         self.model = task.make_model().to(self.device)
+        if config.dp_sgd is not None:
+            check_model(self.model)
         self.channel = open_channel(config.server, config.credentials, config.server_name)
         self.stub = CoordinatorStub(self.channel)
         self.session: pb.JoinReply | None = None
@@ -284,7 +286,7 @@ class FederatedClient:
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
         """Trains self.model on this client's data (a cluster client, client/distributed.py, trains with DDP)."""
         if self.dp_sgd is not None:
-            metrics = self.dp_sgd.train(self.task, self.model, self.data, settings, self.device, global_params,
+            metrics = self.dp_sgd.train(self.task, self.model, self.data, settings, self.device,
                                         interrupt=self._run_over)
             log.info("client=%s DP-SGD: ε = %.3f at δ = %g after %d step(s) in all", self.config.client_id,
                      metrics["dp_sgd_epsilon"], self.dp_sgd.settings.delta, self.dp_sgd.steps)

@@ -544,8 +544,7 @@ class Coordinator:
         masks_changed = self.pruning.after_round(rnd.number, new_state)
         published = self.publisher.prepare(self.version + 1, new_state, self.pruning.masked, masks_changed)
         infos = [u.info for u in updates if u.info is not None]
-        weight = sum(i.num_examples for i in infos)
-        train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
+        train_loss = mean_train_loss(infos)
         with self.cond:
             self.global_state = OrderedDict((k, v.contiguous()) for k, v in new_state.items())
             self.version += 1
@@ -561,7 +560,7 @@ class Coordinator:
             "selected": len(rnd.selected), "train_loss": train_loss, "eval_loss": None, "eval_accuracy": None,
             "bytes_up": rnd.bytes_up, "bytes_down": rnd.bytes_down,
             "seconds": round(time.monotonic() - rnd.started, 4), "dropped": dict(sorted(rnd.dropped.items())),
-            "accepted": sorted(rnd.accepted), **_client_privacy(infos),
+            "accepted": sorted(rnd.accepted), **client_privacy(infos),
             **self.strategy.round_metrics(), **self.pruning.metrics(self.global_state), **self.publisher.round_metrics(),
         }
         # Strategy tensors change only in the next round's aggregate, which first waits for this epilogue.
@@ -669,7 +668,14 @@ def seed_round(seed: int, number: int) -> None:
     random.seed(value)
 
 
-def _client_privacy(infos: list[UpdateInfo]) -> dict[str, float]:
+def mean_train_loss(infos: list[UpdateInfo]) -> float | None:
+    """Example-weighted training loss of the clients that reported one (DP-SGD clients do not)."""
+    reported = [i for i in infos if "train_loss" in i.metrics]
+    weight = sum(i.num_examples for i in reported)
+    return sum(i.metrics["train_loss"] * i.num_examples for i in reported) / weight if weight else None
+
+
+def client_privacy(infos: list[UpdateInfo]) -> dict[str, float]:
     """The largest ε that clients training with DP-SGD reported for their own data (none: no key)."""
     spent = [i.metrics["dp_sgd_epsilon"] for i in infos if "dp_sgd_epsilon" in i.metrics]
     return {"dp_sgd_epsilon_max": max(spent)} if spent else {}

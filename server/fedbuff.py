@@ -32,7 +32,8 @@ from fedstream.server import errors
 from fedstream.server.aggregator import StreamingAggregator
 from fedstream.server.checkpoint import Checkpoint, save_checkpoint
 from fedstream.server.coordinator import (Coordinator, DownloadStream, Duplicate, ServerConfig, UploadSink,
-                                          _check_update_fields, check_finite, describe, seed_round)
+                                          _check_update_fields, check_finite, client_privacy, describe,
+                                          mean_train_loss, seed_round)
 from fedstream.server.sessions import UnknownSession
 from fedstream.server.spool import SpoolWriter, SpooledUpdate, UpdateInfo
 from fedstream.server.staleness import InverseSqrt, Staleness, make_staleness
@@ -123,8 +124,7 @@ class AsyncCoordinator(Coordinator):
             return pb.Task(kind=pb.Task.FINISH, message=self.finish_message())
         if not self.started:
             return None
-        unpublished = sum(1 for u in self.buffer.updates if u.info is not None and u.info.client_id == client_id)
-        reason = self.strategy.begin_task(client_id, unpublished)
+        reason = self.strategy.begin_task(client_id)
         if reason:
             log.warning("no task for client %s: %s; the run ends", client_id, reason)
             self.strategy_stop = reason
@@ -370,8 +370,7 @@ class AsyncCoordinator(Coordinator):
             self.cond.notify_all()
         evaluation = self.evaluate_after(self.version, new_state)
         infos = [u.info for u in updates if u.info is not None]
-        weight = sum(i.num_examples for i in infos)
-        train_loss = sum(i.metrics.get("train_loss", 0.0) * i.num_examples for i in infos) / weight if weight else None
+        train_loss = mean_train_loss(infos)
         record = {
             "round": self.version, "version": self.version, "mode": "async", "clients": len(updates),
             "distinct_clients": len({i.client_id for i in infos}), "selected": connected,
@@ -382,7 +381,7 @@ class AsyncCoordinator(Coordinator):
             "seconds": round(time.monotonic() - buffer.started, 4),
             "folded": [{"client": i.client_id, "task": i.round, "base_version": i.base_version,
                         "num_examples": i.num_examples, "staleness": s} for i, s in zip(infos, buffer.staleness)],
-            **self.strategy.round_metrics(),
+            **client_privacy(infos), **self.strategy.round_metrics(),
         }
         for update in updates:
             update.delete()

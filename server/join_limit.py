@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Callable
+from urllib.parse import unquote
 
 DEFAULT_RATE = 100.0
 DEFAULT_BURST = 1000
@@ -19,8 +20,8 @@ MAX_HOSTS = 100_000
 
 
 def peer_host(peer: str) -> str:
-    """The host part of a gRPC peer string: 'ipv4:10.0.0.7:5123' -> '10.0.0.7', 'ipv6:[::1]:5123' -> '::1'."""
-    kind, _, address = peer.partition(":")
+    """The host part of a gRPC peer string: 'ipv4:10.0.0.7:5123' -> '10.0.0.7', 'ipv6:%5B::1%5D:5123' -> '::1'."""
+    kind, _, address = unquote(peer).partition(":")
     if kind == "ipv4":
         return address.rpartition(":")[0] or address
     if kind == "ipv6":
@@ -43,8 +44,8 @@ class JoinRateLimit:
         """0 when host may join now (and spends one join), else the seconds until it may."""
         if self.rate <= 0:
             return 0.0
-        now = self.clock()
         with self._lock:
+            now = self.clock()
             tokens, last = self._buckets.pop(host, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate

@@ -14,8 +14,8 @@ Local: clients clip and noise their own delta (client/privacy.py) with the C and
 
 ε comes from Opacus's RDP accountant. Central DP counts one step per round at sampling rate
 q = sampled / connected clients (the accountant assumes Poisson sampling; the coordinator samples a fixed
-number, the usual approximation). Local DP counts q = 1 per round, the worst case of a client that takes
-part in every round.
+number, the usual approximation). Local DP counts one step at q = 1 per update a client sends, and reports
+the client that sent the most (LocalDP says how sync and async mode count).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class DelegatingStrategy(Strategy):
     def begin_round(self, number: int, sampled: int, population: int) -> str | None:
         return self.inner.begin_round(number, sampled, population)
 
-    def begin_task(self, client_id: str, unpublished: int = 0) -> str | None:
-        return self.inner.begin_task(client_id, unpublished)
+    def begin_task(self, client_id: str) -> str | None:
+        return self.inner.begin_task(client_id)
 
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
         return self.inner.configure_client(config)
@@ -261,9 +261,10 @@ class LocalDP(DelegatingStrategy):
     """Asks clients to clip to C and add N(0, (σC)²) themselves; aggregation is the inner strategy's.
 
     Each update is one Gaussian release of its client's data (q = 1), so a client's ε follows the number of
-    updates it sent. ε is reported, and checked against the target, for the client that sent the most: in sync
-    mode at most one per round, in async mode as many as its tasks. After a restart every client is assumed to
-    have sent as many as that client had (the checkpoint keeps the count, not the ids): an upper bound.
+    updates it sends; ε is reported, and checked against the target, for the client with the most. Sync mode
+    counts the updates of each applied round (at most one per client); async mode counts every task handed out,
+    since each can produce one update whether or not the server later folds it. The history in a checkpoint is
+    kept as a prefix that every client is assumed to have spent after a restart (an upper bound, whatever σ was).
     """
 
     def __init__(self, inner: Strategy, clip: float, noise_multiplier: float, delta: float = 1e-5,
@@ -274,8 +275,9 @@ class LocalDP(DelegatingStrategy):
             raise ValueError(f"--dp local needs a fixed positive --clip, got {clip}")
         self.clip = float(clip)
         self.budget = PrivacyBudget(noise_multiplier, delta, target_epsilon)
-        self.sent: Counter[str] = Counter()
-        self.floor = 0
+        self.releases: Counter[str] = Counter()
+        self.past: tuple[tuple[float, float, int], ...] = ()
+        self.counts_tasks = False  # set by the first begin_task: only the async coordinator calls it
 
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
         return {**self.inner.configure_client(config), "clip_norm": self.clip,
@@ -284,22 +286,31 @@ class LocalDP(DelegatingStrategy):
     def begin_round(self, number: int, sampled: int, population: int) -> str | None:
         return self.budget.stop_reason(number, 1.0) or self.inner.begin_round(number, sampled, population)
 
-    def begin_task(self, client_id: str, unpublished: int = 0) -> str | None:
+    def begin_task(self, client_id: str) -> str | None:
+        self.counts_tasks = True
         budget = self.budget
         if budget.target_epsilon is not None:
-            updates = self.floor + self.sent[client_id] + unpublished + 1
-            after = _rdp_epsilon(((budget.noise_multiplier, 1.0, updates),), budget.accountant.delta)
+            after = _rdp_epsilon(self._history(self.releases[client_id] + 1), budget.accountant.delta)
             if after > budget.target_epsilon:
                 return (f"client {client_id}'s next update would raise its ε to {after:.3f} "
                         f"(δ={budget.accountant.delta:g}), past --target-epsilon {budget.target_epsilon:g}")
-        return self.inner.begin_task(client_id, unpublished)
+        reason = self.inner.begin_task(client_id)
+        if reason is None:
+            self.releases[client_id] += 1
+            self._account()
+        return reason
 
     def aggregate(self, updates: RoundUpdates) -> "OrderedDict[str, torch.Tensor]":
-        out = self.inner.aggregate(updates)
-        self.sent.update(info.client_id for info in updates.infos)
-        most = self.floor + max(self.sent.values(), default=0)
-        self.budget.accountant.history = [(self.budget.noise_multiplier, 1.0, most)] if most else []
-        return out
+        if not self.counts_tasks:
+            self.releases.update(info.client_id for info in updates.infos)
+            self._account()
+        return self.inner.aggregate(updates)
+
+    def _history(self, releases: int) -> tuple[tuple[float, float, int], ...]:
+        return self.past + (((self.budget.noise_multiplier, 1.0, releases),) if releases else ())
+
+    def _account(self) -> None:
+        self.budget.accountant.history = list(self._history(max(self.releases.values(), default=0)))
 
     def round_metrics(self) -> dict[str, float]:
         return {**self.inner.round_metrics(), "clip_norm": self.clip, **self.budget.metrics()}
@@ -310,8 +321,8 @@ class LocalDP(DelegatingStrategy):
     def load_own_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if "accountant" in state:
             self.budget.accountant.load_tensor(state["accountant"])
-            self.floor = sum(steps for _, _, steps in self.budget.accountant.history)
-            self.sent.clear()
+            self.past = tuple(self.budget.accountant.history)
+            self.releases.clear()
 
 
 def parse_clip(text: str | float) -> float | None:

@@ -36,7 +36,8 @@ class CoordinatorServicer:
             wait = limit.wait_seconds(host)
             if wait:
                 raise exhausted(f"too many joins from {host}: at most {limit.rate:g} per second after a burst of "
-                                f"{limit.burst}; retry in {wait:.1f} s (the server's --join-rate and --join-burst)")
+                                f"{limit.burst}; retry in {max(wait, 0.1):.1f} s (the server's --join-rate and "
+                                "--join-burst)")
             self.auth.check_join(context, request.client_id, request.token)
             return self.coordinator.join(request)
 

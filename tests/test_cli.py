@@ -29,6 +29,7 @@ CLI = [sys.executable, "-m", "fedstream.cli"]
     (["client", "--dp-sgd-noise", "1", "--dp-sgd-delta", "2"], "--dp-sgd-delta"),
     (["client", "--dp-sgd-noise", "1", "--amp", "bf16"], "--amp"),
     (["server", "--mode", "async", "--dp", "central", "--clip", "1", "--noise-multiplier", "1"], "--dp local"),
+    (["client", "--dp-sgd-noise", "inf"], "--dp-sgd-noise"),
 ])
 def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str) -> None:
     result = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60)

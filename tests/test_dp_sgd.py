@@ -3,13 +3,15 @@ secret, and nothing of Opacus stays on the model. One real federation runs with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer
+from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
 from fedstream.common.tasks import load_task
 from tests.harness import start_client, start_server, wait_all
 
@@ -33,13 +35,15 @@ def test_dp_sgd_learns_digits_spends_more_epsilon_each_round_and_leaves_no_hooks
 
 
 def test_the_noise_does_not_follow_the_round_seed() -> None:
+    """With the whole dataset as the batch (q = 1) every Poisson draw takes every example: only noise differs."""
     task = load_task("digits", {"epochs": "1"})
+    settings = dataclasses.replace(task.defaults, batch_size=len(task.train_data))
     results = []
     for _ in range(2):
         torch.manual_seed(0)
         model = task.make_model()
         torch.manual_seed(123)  # what the server's round seed does in a client
-        DpSgdTrainer(DpSgdSettings(1.0)).train(task, model, task.train_data, task.defaults, torch.device("cpu"))
+        DpSgdTrainer(DpSgdSettings(1.0)).train(task, model, task.train_data, settings, torch.device("cpu"))
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.equal(results[0], results[1])
 
@@ -66,3 +70,19 @@ def test_a_federation_of_dp_sgd_clients_reports_the_worst_clients_epsilon(tmp_pa
     assert 0 < records[0]["dp_sgd_epsilon_max"] < records[1]["dp_sgd_epsilon_max"]
     assert records[-1]["eval_accuracy"] > 0.6
     assert "DP-SGD: ε = " in server.client_log(0)
+
+
+def test_tiny_batches_with_empty_poisson_draws_still_train_and_report_finite_numbers() -> None:
+    task = load_task("digits", {"epochs": "3"})
+    small = torch.utils.data.TensorDataset(*(t[:20] for t in task.train_data.tensors))
+    settings = dataclasses.replace(task.defaults, batch_size=1)
+    trainer = DpSgdTrainer(DpSgdSettings(1.0))
+    model = task.make_model()
+    metrics = trainer.train(task, model, small, settings, torch.device("cpu"))
+    assert metrics["steps"] == 60 and math.isfinite(metrics["dp_sgd_epsilon"]) and "train_loss" not in metrics
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_model_opacus_cannot_handle_is_refused_before_joining() -> None:
+    with pytest.raises(ValueError, match="GroupNorm"):
+        check_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)))

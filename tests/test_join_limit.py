@@ -22,8 +22,8 @@ def test_a_host_gets_its_burst_then_the_rate_and_other_hosts_are_not_affected() 
     assert limit.wait_seconds("a") == 0.0
     assert limit.wait_seconds("a") == pytest.approx(0.5)
     clock.now = 100.0
-    assert [limit.wait_seconds("a") for _ in range(4)][:3] == [0.0, 0.0, 0.0], "refills to the burst, no further"
-    assert limit.wait_seconds("a") > 0
+    waits = [limit.wait_seconds("a") for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] > 0, "refills to the burst, no further"
 
 
 def test_rate_zero_turns_the_limit_off_and_the_host_table_is_bounded() -> None:
@@ -36,7 +36,8 @@ def test_rate_zero_turns_the_limit_off_and_the_host_table_is_bounded() -> None:
         JoinRateLimit(rate=1.0, burst=0)
 
 
-@pytest.mark.parametrize("peer,host", [("ipv4:10.0.0.7:5123", "10.0.0.7"), ("ipv6:[::1]:5123", "::1"),
+@pytest.mark.parametrize("peer,host", [("ipv4:10.0.0.7:5123", "10.0.0.7"), ("ipv6:%5B::1%5D:54362", "::1"),
+                                       ("ipv6:[::1]:5123", "::1"),
                                        ("ipv6:[fe80::1%eth0]:80", "fe80::1%eth0"), ("unix:/tmp/s", "unix:/tmp/s")])
 def test_peer_host_drops_the_port(peer: str, host: str) -> None:
     assert peer_host(peer) == host

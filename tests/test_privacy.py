@@ -217,18 +217,25 @@ def test_coordinator_ends_the_run_before_a_round_that_would_pass_the_target(tmp_
 def test_local_dp_counts_each_clients_own_updates_and_stops_the_one_that_would_pass_the_target(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(5)
     state = model(gen)
-    strategy = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
-    first = round_updates(tmp_path, strategy, state, [random_delta(gen) for _ in range(2)], [1, 1])
-    strategy.aggregate(first)  # client-00 and client-01 sent one each
-    only = round_updates(tmp_path, strategy, state, [random_delta(gen)], [1])
-    strategy.aggregate(only)  # client-00 sent its second
+    sync = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
+    sync.aggregate(round_updates(tmp_path, sync, state, [random_delta(gen) for _ in range(2)], [1, 1]))
+    sync.aggregate(round_updates(tmp_path, sync, state, [random_delta(gen)], [1]))  # client-00 again
     two = RDPAccountant()
     for _ in range(2):
         two.step(noise_multiplier=1.0, sample_rate=1.0)
-    assert strategy.round_metrics()["epsilon"] == pytest.approx(two.get_epsilon(1e-5))  # the busiest client's ε
-    assert strategy.begin_task("client-01") is None  # its 2nd update: ε 7.08 < 8
-    assert "client-00's next update would raise its ε to 9.0" in strategy.begin_task("client-00")
-    assert "client-01" in strategy.begin_task("client-01", unpublished=1), "an update waiting in the buffer counts"
-    restored = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
-    restored.load_state_dict(strategy.state_dict())
-    assert restored.begin_task("client-01") is not None, "after a restart every client counts as the busiest"
+    assert sync.round_metrics()["epsilon"] == pytest.approx(two.get_epsilon(1e-5))  # the busiest client's ε
+    assert "round 3 would raise ε to 9.0" in sync.begin_round(3, 2, 2)
+
+    asynchronous = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 1.0, 1e-5, target_epsilon=8.0)
+    assert asynchronous.begin_task("a") is None and asynchronous.begin_task("a") is None  # ε 4.73, then 7.08
+    assert asynchronous.begin_task("b") is None
+    assert "client a's next update would raise its ε to 9.0" in asynchronous.begin_task("a")
+    asynchronous.aggregate(round_updates(tmp_path, asynchronous, state, [random_delta(gen)], [1]))
+    assert asynchronous.round_metrics()["epsilon"] == pytest.approx(two.get_epsilon(1e-5)), \
+        "tasks handed out count, not the updates that happened to be folded"
+
+    restored = make_dp_strategy(make_strategy("fedavg"), "local", "1.0", 2.0, 1e-5, target_epsilon=8.0)
+    restored.load_state_dict(asynchronous.state_dict())
+    assert restored.round_metrics()["epsilon"] == pytest.approx(two.get_epsilon(1e-5)), "a larger σ later"
+    assert restored.begin_task("b") is None, "every client starts from the busiest one's past spend"
+    assert restored.round_metrics()["epsilon"] > two.get_epsilon(1e-5), "the past stays in the history"

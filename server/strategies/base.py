@@ -84,9 +84,8 @@ class Strategy:
         """Called when `sampled` of `population` connected clients are picked; a returned reason ends the run."""
         return None
 
-    def begin_task(self, client_id: str, unpublished: int = 0) -> str | None:
-        """Async mode: called before client_id gets a task, with how many of its updates wait in the unpublished
-        version; a returned reason ends the run."""
+    def begin_task(self, client_id: str) -> str | None:
+        """Async mode: called before client_id gets a task (each can bring one update); a reason ends the run."""
         return None
 
     def configure_client(self, config: dict[str, float]) -> dict[str, float]:
