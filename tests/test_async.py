@@ -238,7 +238,8 @@ def _offline_fedbuff(records: list[dict], updates_dir: Path, seed: int, exponent
 def test_async_federation_shows_staleness_and_equals_offline_fedbuff(tmp_path: Path) -> None:
     run_dir = tmp_path / "async"
     updates = tmp_path / "updates"
-    server = start_server(run_dir, "--mode", "async", "--buffer-size", "2", "--rounds", "6", "--staleness", "poly",
+    # 16 versions: long enough for the slowed client's updates to land, stale, before a fast client fills them all
+    server = start_server(run_dir, "--mode", "async", "--buffer-size", "2", "--rounds", "16", "--staleness", "poly",
                           "--staleness-exponent", "1", "--max-staleness", "20", "--seed", "11")
     try:
         procs = [start_client(server, "--partition", f"{i}/3", "--device", "cpu", "--save-updates", str(updates),
@@ -249,8 +250,8 @@ def test_async_federation_shows_staleness_and_equals_offline_fedbuff(tmp_path: P
     finally:
         server.stop()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["version"] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["version"] for r in records] == list(range(1, 17))
+    assert [r["round"] for r in records] == list(range(1, 17))
     for r in records:
         assert r["clients"] == 2 == len(r["folded"])
         assert r["staleness_max"] == max(f["staleness"] for f in r["folded"])
