@@ -269,12 +269,10 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                          "Opacus's distributed wrapper (drop --dp-sgd-noise or run one process)")
         if args.amp != "off":
             parser.error("--amp with --dp-sgd-noise: Opacus computes per-example gradients in float32; drop --amp")
-        if not 0 < args.dp_sgd_delta < 1:
-            parser.error(f"--dp-sgd-delta {args.dp_sgd_delta}: must be in (0, 1); 1e-5 is usual")
         try:
             dp_sgd = DpSgdSettings(args.dp_sgd_noise, args.dp_sgd_clip, args.dp_sgd_delta)
         except ValueError as exc:
-            parser.error(f"--dp-sgd-noise/--dp-sgd-clip: {exc}")
+            parser.error(f"--dp-sgd-noise/--dp-sgd-clip/--dp-sgd-delta: {exc}")
     security = client_security(args, parser, client_id)
     config = ClientConfig(server=args.server, client_id=client_id, partition=partition,
                           partition_scheme=args.partition_scheme, alpha=args.alpha, partition_seed=args.partition_seed,

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedstream.common.tasks import Task, TrainSettings
+from fedstream.common.tasks.base import stop_training
 
 log = logging.getLogger("fedstream.client")
 
@@ -101,9 +102,10 @@ class DpSgdTrainer:
                 # Inputs need no gradient, and Opacus's full backward hooks make torch say so on every step.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
                 for _ in range(max(settings.local_epochs, 0)):
+                    if stop_training(settings, steps, interrupt):
+                        break
                     for x, y in loader:
-                        if (settings.max_steps is not None and steps >= settings.max_steps) or (
-                                interrupt is not None and interrupt.is_set()):
+                        if stop_training(settings, steps, interrupt):
                             break
                         optimizer.zero_grad(set_to_none=True)
                         # An empty Poisson batch still takes its noisy step: the analysis counts every draw.

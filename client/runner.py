@@ -159,12 +159,7 @@ class FederatedClient:
         except Stopped as stop:
             _restore_signals(previous)
             log.info("client=%s stopped by %s; leaving the federation", self.config.client_id, stop)
-            if self.session is not None:
-                try:
-                    self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason=f"stopped by {stop}"),
-                                    timeout=5)
-                except grpc.RpcError:
-                    pass
+            self._leave(f"stopped by {stop}")
             return 0
         finally:
             _restore_signals(previous)
@@ -176,11 +171,17 @@ class FederatedClient:
     def _finish(self, message: str) -> int:
         """Leaves the federation after the server ended the run; the process exits 0."""
         log.info("client=%s finished: %s", self.config.client_id, message)
+        self._leave("finished")
+        return 0
+
+    def _leave(self, reason: str) -> None:
+        """Tells the server this client is gone (best effort: it may be gone itself)."""
+        if self.session is None:
+            return
         try:
-            self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason="finished"), timeout=5)
+            self.stub.Leave(pb.LeaveRequest(session_id=self.session.session_id, reason=reason), timeout=5)
         except grpc.RpcError:
             pass
-        return 0
 
     def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
         code = exc.code() if hasattr(exc, "code") else None

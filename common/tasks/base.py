@@ -75,12 +75,10 @@ class Task:
         seen, steps = 0, 0
         started = time.perf_counter()
         for _ in range(max(settings.local_epochs, 0)):
-            if (settings.max_steps is not None and steps >= settings.max_steps) or (
-                    interrupt is not None and interrupt.is_set()):
+            if stop_training(settings, steps, interrupt):
                 break
             for x, y in batches(data, settings.batch_size, generator, device):
-                if (settings.max_steps is not None and steps >= settings.max_steps) or (
-                        interrupt is not None and interrupt.is_set()):
+                if stop_training(settings, steps, interrupt):
                     break
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, settings.amp):
@@ -124,6 +122,12 @@ class Task:
                 correct += int((out.argmax(dim=1) == y).sum())
             seen += len(y)
         return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def stop_training(settings: TrainSettings, steps: int, interrupt: threading.Event | None) -> bool:
+    """Whether local training ends before its next step: max_steps reached, or the server ended the run."""
+    return (settings.max_steps is not None and steps >= settings.max_steps) or (
+        interrupt is not None and interrupt.is_set())
 
 
 def batches(data: TensorDataset, batch_size: int, generator: torch.Generator,
