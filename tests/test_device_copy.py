@@ -81,3 +81,10 @@ def test_a_spare_download_buffer_is_reused_only_when_it_fits() -> None:
     assert reused.numel() == 600 and reused.data_ptr() == spare.data_ptr()
     assert _buffer(1001, False, spare).data_ptr() != spare.data_ptr(), "too small: a fresh buffer is needed"
     assert _buffer(10, False, None).numel() == 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tensors_decoded_from_a_pinned_download_are_pinned_so_copies_to_the_gpu_do_not_block() -> None:
+    """load_state and delta_into copy asynchronously only from pinned tensors; decode_state's views must count."""
+    received = _received(OrderedDict((k, v.detach().clone()) for k, v in _Net().state_dict().items()))
+    assert all(t.is_pinned() for t in received.values())
