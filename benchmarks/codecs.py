@@ -153,7 +153,7 @@ def run_suite(workdir: Path, prefix: str, configs: list[Config], task_flags: lis
 
 def throughput_table(numel: int, repeats: int) -> str:
     """Encode and decode MB/s (of float32 input) per codec on one thread, medians of `repeats` runs."""
-    from fedstream.common.codec import available_codecs, get_codec
+    from fedstream.common.codecs.registry import available_codecs, get_codec
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)

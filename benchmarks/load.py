@@ -36,8 +36,8 @@ async def _client(client_id: str, address: str, start_at: float, result: dict) -
 
     from fedstream.client.connection import SERVICE
     from fedstream.common.proto import coordinator_pb2 as pb
-    from fedstream.common.protocol import PROTOCOL_VERSION
-    from fedstream.common.wire import Crc32, DataChunk, deserializer, serializer
+    from fedstream.common.wire.protocol import PROTOCOL_VERSION
+    from fedstream.common.wire.framing import Crc32, DataChunk, deserializer, serializer
 
     async with grpc.aio.insecure_channel(address) as channel:
         join = channel.unary_unary(SERVICE + "Join", pb.JoinRequest.SerializeToString, pb.JoinReply.FromString)

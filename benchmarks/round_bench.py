@@ -47,7 +47,7 @@ def parse_clients(text: str) -> list[int]:
     return values
 
 
-SERVER_BASE = "import torch, grpc, fedstream.server.app, fedstream.cli.commands"
+SERVER_BASE = "import torch, grpc, fedstream.server.transport.server, fedstream.cli.commands"
 CLIENT_BASE = ("import torch, grpc, fedstream.client.runner, fedstream.cli.commands\n"
                "from torch.utils.data import DataLoader, TensorDataset\n"
                "net = torch.nn.Linear(4, 2); opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"

@@ -20,8 +20,8 @@ def certs_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fedstream.common.certs import make_federation_certs
-    from fedstream.server.auth import client_token, new_secret
+    from fedstream.common.security.certs import make_federation_certs
+    from fedstream.server.transport.auth import client_token, new_secret
 
     names = [n.strip() for n in args.server_name.split(",") if n.strip()]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]

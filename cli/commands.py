@@ -12,10 +12,10 @@ from pathlib import Path
 from fedstream.cli.options import host_port, key_value, non_negative_float, non_negative_int, positive_float, positive_int
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
-from fedstream.common.codec import available_codecs
-from fedstream.common.precision import AMP_CHOICES
-from fedstream.common.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
-from fedstream.server.staleness import STALENESS
+from fedstream.common.codecs.registry import available_codecs
+from fedstream.common.training.precision import AMP_CHOICES
+from fedstream.common.wire.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
+from fedstream.server.aggregation.staleness import STALENESS
 
 
 def default_run_dir() -> Path:
@@ -128,7 +128,7 @@ def demo_parser(p: argparse.ArgumentParser) -> None:
 
 def check_compression_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuses codec and pruning settings that cannot work together, naming the flag to change."""
-    from fedstream.server.pruning_schedule import PruneSchedule
+    from fedstream.server.publication.pruning_schedule import PruneSchedule
 
     if args.topk_fraction > 1:
         parser.error(f"--topk-fraction {args.topk_fraction}: must be in (0, 1]; 0.01 keeps 1% of each tensor")
@@ -146,10 +146,10 @@ def check_compression_flags(args: argparse.Namespace, parser: argparse.ArgumentP
 def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fedstream.common.logs import setup_logging
     from fedstream.common.tasks import load_task
-    from fedstream.server.app import serve
-    from fedstream.server.client_settings import parse_client_settings
-    from fedstream.server.coordinator import Coordinator, ServerConfig
-    from fedstream.server.strategies import make_strategy
+    from fedstream.server.transport.server import serve
+    from fedstream.server.core.client_settings import parse_client_settings
+    from fedstream.server.core.coordinator import Coordinator, ServerConfig
+    from fedstream.server.aggregation.strategies import make_strategy
 
     setup_logging(args.log_level)
     try:
@@ -164,7 +164,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as exc:
         parser.error(f"--strategy: {exc}")
     if args.dp:
-        from fedstream.server.privacy import make_dp_strategy
+        from fedstream.server.aggregation.privacy import make_dp_strategy
 
         try:
             strategy = make_dp_strategy(strategy, args.dp, args.clip or "1.0", args.noise_multiplier, args.delta,
@@ -183,7 +183,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--client-setting: {exc}")
     factory = Coordinator
     if args.mode == "async":
-        from fedstream.server.fedbuff import AsyncSettings, async_coordinator
+        from fedstream.server.modes.buffered_async import AsyncSettings, async_coordinator
 
         if not strategy.streaming:
             parser.error(f"--mode async: strategy {args.strategy} needs every update of a round at once; "
@@ -237,7 +237,7 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     from fedstream.client.runner import ClientConfig, FederatedClient
     from fedstream.common.logs import setup_logging
-    from fedstream.common.partition import parse_partition
+    from fedstream.common.training.partition import parse_partition
     from fedstream.common.tasks import load_task
 
     setup_logging(args.log_level)

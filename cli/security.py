@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedstream.cli.options import non_negative_float, non_negative_int, positive_float, positive_int
-from fedstream.server.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
-from fedstream.server.join_limit import DEFAULT_BURST as DEFAULT_JOIN_BURST
-from fedstream.server.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
+from fedstream.server.core.admission import DEFAULT_LIMIT as DEFAULT_TRANSFER_LIMIT
+from fedstream.server.core.join_limit import DEFAULT_BURST as DEFAULT_JOIN_BURST
+from fedstream.server.core.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
 
 CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
           "network you trust)")
@@ -61,8 +61,8 @@ class ServerSecurity:
 
 def server_security(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerSecurity:
     """Credentials and the authenticator for the flags; exits with a usage error when they do not fit together."""
-    from fedstream.common.tls import server_credentials
-    from fedstream.server.auth import Authenticator, load_secret
+    from fedstream.common.security.tls import server_credentials
+    from fedstream.server.transport.auth import Authenticator, load_secret
 
     if bool(args.tls_dir) == bool(args.insecure):
         parser.error(CHOOSE if not args.tls_dir else "--tls-dir and --insecure exclude each other")
@@ -97,7 +97,7 @@ class ClientSecurity:
 
 
 def client_security(args: argparse.Namespace, parser: argparse.ArgumentParser, client_id: str) -> ClientSecurity:
-    from fedstream.common.tls import client_credentials
+    from fedstream.common.security.tls import client_credentials
 
     if bool(args.tls_dir) == bool(args.insecure):
         parser.error(CHOOSE if not args.tls_dir else "--tls-dir and --insecure exclude each other")

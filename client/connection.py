@@ -10,9 +10,9 @@ from typing import Callable, TypeVar
 
 import grpc
 
-from fedstream.common.channel import GRPC_OPTIONS
+from fedstream.common.wire.channel import GRPC_OPTIONS
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire import deserializer, serializer
+from fedstream.common.wire.framing import deserializer, serializer
 
 SERVICE = "/fedstream.v1.Coordinator/"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from fedstream.client.device import resolve_device
 from fedstream.client.runner import ClientConfig, FederatedClient
-from fedstream.common.partition import partition_indices
+from fedstream.common.training.partition import partition_indices
 from fedstream.common.tasks import Task, TrainSettings
 
 log = logging.getLogger("fedstream.client")

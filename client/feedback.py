@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from fedstream.common.codec_plan import Chooser, manifest_of, tensor_spec
+from fedstream.common.codecs.plan import Chooser, manifest_of, tensor_spec
 from fedstream.common.proto import coordinator_pb2 as pb
 
 

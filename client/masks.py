@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from fedstream.common.pruning import masks_of
+from fedstream.common.training.pruning import masks_of
 
 
 def masks_for(state: Mapping[str, torch.Tensor], masked: list[str]) -> dict[str, torch.Tensor]:

@@ -26,12 +26,12 @@ from fedstream.client.device_copy import delta_into, load_state
 from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.allocator import tune_malloc
-from fedstream.common.codec import available_codecs
-from fedstream.common.codec_plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
-from fedstream.common.partition import partition_indices
+from fedstream.common.codecs.registry import available_codecs
+from fedstream.common.codecs.plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
+from fedstream.common.training.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task, TrainSettings
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000

@@ -67,7 +67,7 @@ class ClientHost:
             client_id = f"{plan.id_prefix}{i}"
             credentials = None
             if plan.tls_dir:
-                from fedstream.common.tls import client_credentials
+                from fedstream.common.security.tls import client_credentials
 
                 credentials = client_credentials(Path(plan.tls_dir), client_id)
             config = ClientConfig(server=plan.server, client_id=client_id, partition=(i, plan.total),

@@ -12,9 +12,9 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from fedstream.client.device_copy import host_buffer
-from fedstream.common.manifest import decode_state, encode_state
+from fedstream.common.wire.manifest import decode_state, encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire import Crc32, DataChunk, iter_chunks
+from fedstream.common.wire.framing import Crc32, DataChunk, iter_chunks
 
 
 class TransferError(Exception):

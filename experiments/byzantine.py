@@ -20,9 +20,9 @@ from pathlib import Path
 
 from experiments.report import markdown_table, plot_curves
 from experiments.simulation import SimClient, Simulation, scale, sign_flip, split
-from fedstream.common.partition import iid_indices
+from fedstream.common.training.partition import iid_indices
 from fedstream.common.tasks import load_task
-from fedstream.server.strategies import make_strategy
+from fedstream.server.aggregation.strategies import make_strategy
 
 STRATEGIES = {
     "FedAvg": ("fedavg", {}),

@@ -18,9 +18,9 @@ from pathlib import Path
 from experiments.report import markdown_table, plot_curves
 from experiments.centralized import train_centrally
 from experiments.simulation import SimClient, Simulation, split
-from fedstream.common.partition import dirichlet_indices
+from fedstream.common.training.partition import dirichlet_indices
 from fedstream.common.tasks import load_task
-from fedstream.server.strategies import make_strategy
+from fedstream.server.aggregation.strategies import make_strategy
 
 STRATEGIES = {
     "FedAvg": ("fedavg", {}),

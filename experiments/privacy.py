@@ -27,8 +27,8 @@ import torch
 from experiments.report import markdown_table, plot_curves
 from experiments.simulation import SimClient, Simulation, split
 from fedstream.common.tasks import load_task
-from fedstream.server.privacy import make_dp_strategy
-from fedstream.server.strategies import make_strategy
+from fedstream.server.aggregation.privacy import make_dp_strategy
+from fedstream.server.aggregation.strategies import make_strategy
 
 NO_DP = "no DP (FedAvgM, no clipping)"
 CLIP_ONLY = "clipping only (σ = 0)"

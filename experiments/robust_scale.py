@@ -23,12 +23,12 @@ import psutil
 import torch
 
 from experiments.report import markdown_table
-from fedstream.common.manifest import encode_state, layout_of
+from fedstream.common.wire.manifest import encode_state, layout_of
 from fedstream.common.tasks.synthetic import parse_count
-from fedstream.common.wire import Crc32, iter_chunks
-from fedstream.server.aggregator import inspect_update
-from fedstream.server.spool import SpoolPool, SpoolWriter, UpdateInfo
-from fedstream.server.strategies import RoundUpdates, make_strategy
+from fedstream.common.wire.framing import Crc32, iter_chunks
+from fedstream.server.aggregation.aggregator import inspect_update
+from fedstream.server.intake.spool import SpoolPool, SpoolWriter, UpdateInfo
+from fedstream.server.aggregation.strategies import RoundUpdates, make_strategy
 
 TENSORS = 4
 

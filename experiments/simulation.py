@@ -22,14 +22,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedstream.client.privacy import privatize_delta
-from fedstream.common.manifest import encode_state
+from fedstream.common.wire.manifest import encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import Task, TrainSettings
-from fedstream.common.wire import Crc32, iter_chunks
-from fedstream.server.coordinator import Coordinator, ServerConfig
-from fedstream.server.errors import Refusal
-from fedstream.server.strategies import Strategy
+from fedstream.common.wire.framing import Crc32, iter_chunks
+from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.core.errors import Refusal
+from fedstream.server.aggregation.strategies import Strategy
 
 Attack = Callable[["OrderedDict[str, torch.Tensor]"], None]
 MAX_ATTEMPTS = 3

@@ -19,15 +19,15 @@ import torch
 
 from fedstream.client.connection import SERVICE, CoordinatorStub, open_channel
 from fedstream.client.transfer import download, upload_messages
-from fedstream.common.manifest import encode_state
+from fedstream.common.wire.manifest import encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
-from fedstream.common.wire import DataChunk
-from fedstream.server.app import build_server
-from fedstream.server.auth import Authenticator
-from fedstream.server.coordinator import Coordinator, ServerConfig
-from fedstream.server.strategies import make_strategy
+from fedstream.common.wire.framing import DataChunk
+from fedstream.server.transport.server import build_server
+from fedstream.server.transport.auth import Authenticator
+from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.aggregation.strategies import make_strategy
 
 TASK_OPTIONS = {"hidden": "16"}
 CHUNK_BYTES = 4096

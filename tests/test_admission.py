@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fedstream.server.admission import TransferSlots
+from fedstream.server.core.admission import TransferSlots
 
 
 class FakeClock:
@@ -79,8 +79,8 @@ def test_limit_zero_means_no_limit_and_negative_is_refused() -> None:
 
 def test_a_second_upload_waits_for_the_slot_and_sends_its_data_only_once_admitted(tmp_path) -> None:
     from fedstream.client.transfer import upload
-    from fedstream.common.manifest import encode_state
-    from fedstream.common.wire import DataChunk
+    from fedstream.common.wire.manifest import encode_state
+    from fedstream.common.wire.framing import DataChunk
     from tests.inprocess import CHUNK_BYTES, random_delta, start_federation, upload_stream
 
     fed = start_federation(tmp_path, max_transfers=1, min_clients=2, rounds=1)

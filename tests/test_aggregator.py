@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedstream.common.manifest import encode_state, layout_of
-from fedstream.common.wire import Crc32, iter_chunks
-from fedstream.server.aggregator import NonFiniteUpdateError, StreamingAggregator, federated_average, inspect_update
-from fedstream.server.spool import SpoolError, SpoolPool, SpoolWriter, StreamIntegrityError
+from fedstream.common.wire.manifest import encode_state, layout_of
+from fedstream.common.wire.framing import Crc32, iter_chunks
+from fedstream.server.aggregation.aggregator import NonFiniteUpdateError, StreamingAggregator, federated_average, inspect_update
+from fedstream.server.intake.spool import SpoolError, SpoolPool, SpoolWriter, StreamIntegrityError
 
 
 def _state(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":

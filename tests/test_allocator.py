@@ -2,7 +2,7 @@ import pytest
 
 from fedstream.common.allocator import (M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MAX_MMAP_THRESHOLD,
                                         settings, tune_malloc)
-from fedstream.common.wire import DEFAULT_CHUNK_BYTES
+from fedstream.common.wire.framing import DEFAULT_CHUNK_BYTES
 
 
 def test_chunks_stay_below_the_mmap_threshold_and_tensors_above_it() -> None:

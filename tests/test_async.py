@@ -16,18 +16,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fedstream.common.manifest import decode_state, encode_state
+from fedstream.common.wire.manifest import decode_state, encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
-from fedstream.common.wire import Crc32, iter_chunks
-from fedstream.server.checkpoint import load_checkpoint
-from fedstream.server.client_settings import apply_client_settings, parse_client_settings
-from fedstream.server.coordinator import Duplicate, ServerConfig
-from fedstream.server.errors import Refusal
-from fedstream.server.fedbuff import AsyncCoordinator, AsyncSettings
-from fedstream.server.staleness import STALENESS, make_staleness
-from fedstream.server.strategies import make_strategy
+from fedstream.common.wire.framing import Crc32, iter_chunks
+from fedstream.server.publication.checkpoint import load_checkpoint
+from fedstream.server.core.client_settings import apply_client_settings, parse_client_settings
+from fedstream.server.core.coordinator import Duplicate, ServerConfig
+from fedstream.server.core.errors import Refusal
+from fedstream.server.modes.buffered_async import AsyncCoordinator, AsyncSettings
+from fedstream.server.aggregation.staleness import STALENESS, make_staleness
+from fedstream.server.aggregation.strategies import make_strategy
 from tests.harness import start_client, start_server, wait_all
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from fedstream.common.codec import available_codecs, get_codec
-from fedstream.common.manifest import decode_state, encode_state
-from fedstream.common.tensors import DTYPES
+from fedstream.common.codecs.registry import available_codecs, get_codec
+from fedstream.common.wire.manifest import decode_state, encode_state
+from fedstream.common.wire.tensors import DTYPES
 
 ALL_DTYPES = list(DTYPES.values())
 
@@ -54,7 +54,7 @@ def test_state_round_trip_through_manifest(codec: str) -> None:
 
 
 def test_wrong_length_is_refused() -> None:
-    from fedstream.common.codec import CodecError
+    from fedstream.common.codecs.registry import CodecError
 
     with pytest.raises(CodecError, match="needs 40 bytes"):
         get_codec("raw").decode(bytearray(36), torch.float32, (10,))

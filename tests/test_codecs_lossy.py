@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fedstream.client.feedback import ErrorFeedback
-from fedstream.common import quantize
-from fedstream.common.codec import CodecError, available_codecs, get_codec
-from fedstream.common.codec_plan import chooser, encode_tensors, masked_variant
-from fedstream.common.manifest import ManifestError, check_manifest, decode_state, reference_of
-from fedstream.common.sparsify import BITMAP, DENSE, HEADER, INDEX32, TopKCodec
+from fedstream.common.codecs import quantize
+from fedstream.common.codecs.registry import CodecError, available_codecs, get_codec
+from fedstream.common.codecs.plan import chooser, encode_tensors, masked_variant
+from fedstream.common.wire.manifest import ManifestError, check_manifest, decode_state, reference_of
+from fedstream.common.codecs.sparsify import BITMAP, DENSE, HEADER, INDEX32, TopKCodec
 
 SHAPES = [(), (0,), (1,), (255,), (256,), (257,), (7, 13), (3, 300, 5)]
 LZ4 = pytest.param("lz4", marks=pytest.mark.skipif("lz4" not in available_codecs(), reason="lz4 is not installed"))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fedstream.common.pruning import prunable
+from fedstream.common.training.pruning import prunable
 from fedstream.common.tasks import load_task
-from fedstream.common.tensors import state_nbytes
+from fedstream.common.wire.tensors import state_nbytes
 from tests.harness import start_client, start_server, wait_all
 
 pytestmark = pytest.mark.slow

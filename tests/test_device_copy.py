@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fedstream.client.device_copy import delta_into, host_buffer, load_state
-from fedstream.common.manifest import decode_state, encode_state
+from fedstream.common.wire.manifest import decode_state, encode_state
 
 
 class _Net(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fedstream.common.partition import partition_indices
+from fedstream.common.training.partition import partition_indices
 from fedstream.common.tasks import load_task
 from tests.harness import env, start_client, start_server, wait_all
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fedstream.server.epilogue import Epilogue
+from fedstream.server.publication.epilogue import Epilogue
 
 
 def test_jobs_run_one_at_a_time_in_submission_order() -> None:

@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from fedstream.client.connection import CoordinatorStub, open_channel
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
-from fedstream.server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from fedstream.server.coordinator import Coordinator, ServerConfig
-from fedstream.server.strategies import make_strategy
+from fedstream.server.publication.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.aggregation.strategies import make_strategy
 from tests.harness import ServerProcess, start_client, start_server, wait_all
 from tests.inprocess import Member, random_delta, send, start_federation, upload_stream
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from fedstream.common.partition import partition_indices
+from fedstream.common.training.partition import partition_indices
 from fedstream.common.tasks import load_task
-from fedstream.server.evaluation import EvaluationRound
+from fedstream.server.modes.federated_eval import EvaluationRound
 from tests.harness import start_client, start_server, wait_all
 
 

@@ -15,10 +15,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedstream.common.manifest import decode_state
+from fedstream.common.wire.manifest import decode_state
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
-from fedstream.common.wire import Crc32, DataChunk, deserializer, frame_data
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.framing import Crc32, DataChunk, deserializer, frame_data
 from tests.inprocess import Federation, fetch, random_delta, send, start_federation, upload_stream
 
 Code = grpc.StatusCode

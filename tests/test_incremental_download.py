@@ -10,10 +10,10 @@ import torch
 
 from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.transfer import Downloaded
-from fedstream.common.manifest import decode_state
-from fedstream.common.pruning import prune
-from fedstream.common.tensors import state_nbytes
-from fedstream.server.model_publisher import ModelPublisher, Served
+from fedstream.common.wire.manifest import decode_state
+from fedstream.common.training.pruning import prune
+from fedstream.common.wire.tensors import state_nbytes
+from fedstream.server.publication.publisher import ModelPublisher, Served
 
 
 def model(gen: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
@@ -71,7 +71,7 @@ def test_lossy_difference_error_does_not_accumulate_over_versions() -> None:
     state = model(gen)
     publisher.publish(0, state)
     naive = OrderedDict((k, v.clone()) for k, v in state.items())
-    from fedstream.common.codec import get_codec
+    from fedstream.common.codecs.registry import get_codec
     q8 = get_codec("q8")
     errors = []
     for version in range(1, 41):

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedstream.server.join_limit import JoinRateLimit, peer_host
+from fedstream.server.core.join_limit import JoinRateLimit, peer_host
 from tests.inprocess import start_federation
 from tests.test_admission import FakeClock as Clock
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedstream.common.partition import dirichlet_indices, iid_indices, parse_partition, partition_indices
+from fedstream.common.training.partition import dirichlet_indices, iid_indices, parse_partition, partition_indices
 
 
 def _check_disjoint_cover(parts: list[torch.Tensor], n: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedstream.common.precision import autocast, check_amp, grad_scaler
+from fedstream.common.training.precision import autocast, check_amp, grad_scaler
 from fedstream.common.tasks import load_task
 from tests.harness import CLIENT_DEVICE, start_client, start_server, wait_all
 

@@ -15,12 +15,12 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedstream.cli import main
 from fedstream.client.privacy import delta_norm, privatize_delta
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
-from fedstream.server.coordinator import Coordinator, ServerConfig
-from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedstream.server.privacy import CentralDP, LocalDP, make_dp_strategy, parse_clip
-from fedstream.server.strategies import make_strategy
+from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.publication.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedstream.server.aggregation.privacy import CentralDP, LocalDP, make_dp_strategy, parse_clip
+from fedstream.server.aggregation.strategies import make_strategy
 from tests.test_strategies import model, random_delta, round_updates
 
 

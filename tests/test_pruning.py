@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from fedstream.client.masks import keep_pruned, masks_for
-from fedstream.common.pruning import apply_masks, masks_of, prunable, prune, sparsity
-from fedstream.server.pruning_schedule import GlobalPruning, PruneSchedule
+from fedstream.common.training.pruning import apply_masks, masks_of, prunable, prune, sparsity
+from fedstream.server.publication.pruning_schedule import GlobalPruning, PruneSchedule
 
 
 def naive_prune(values: list[float], amount: float) -> list[float]:

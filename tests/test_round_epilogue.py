@@ -45,7 +45,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_says_why(tmp_path
     def full_disk(*_args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("fedstream.server.coordinator.save_checkpoint", full_disk)
+    monkeypatch.setattr("fedstream.server.core.coordinator.save_checkpoint", full_disk)
     fed = start_federation(tmp_path / "run", rounds=3)
     try:
         members = [fed.join(c) for c in ("a", "b")]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from fedstream.common.manifest import encode_state, layout_of
-from fedstream.common.wire import Crc32
-from fedstream.server.spool import SpoolPool, SpoolWriter
+from fedstream.common.wire.manifest import encode_state, layout_of
+from fedstream.common.wire.framing import Crc32
+from fedstream.server.intake.spool import SpoolPool, SpoolWriter
 
 
 def _spool(where, state):

@@ -11,12 +11,12 @@ import pytest
 import scipy.stats
 import torch
 
-from fedstream.common.manifest import encode_state, layout_of
-from fedstream.common.wire import Crc32, iter_chunks
-from fedstream.server.aggregator import StreamingAggregator, inspect_update
-from fedstream.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedstream.server.spool import SpoolPool, SpoolWriter, UpdateInfo
-from fedstream.server.strategies import STRATEGIES, RoundUpdates, Strategy, make_strategy
+from fedstream.common.wire.manifest import encode_state, layout_of
+from fedstream.common.wire.framing import Crc32, iter_chunks
+from fedstream.server.aggregation.aggregator import StreamingAggregator, inspect_update
+from fedstream.server.publication.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedstream.server.intake.spool import SpoolPool, SpoolWriter, UpdateInfo
+from fedstream.server.aggregation.strategies import STRATEGIES, RoundUpdates, Strategy, make_strategy
 
 NAMES = ["fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed-mean", "krum",
          "multi-krum"]
@@ -312,11 +312,11 @@ def test_a_server_optimizer_step_that_is_not_finite_keeps_the_previous_state(tmp
 
 
 def test_users_name_their_own_strategy_by_import_path() -> None:
-    assert type(make_strategy("fedstream.server.strategies.median:Median")).__name__ == "Median"
+    assert type(make_strategy("fedstream.server.aggregation.strategies.median:Median")).__name__ == "Median"
     with pytest.raises(ValueError, match="is not a subclass"):
         make_strategy("os.path:join")
     with pytest.raises(ValueError, match="cannot load strategy"):
-        make_strategy("fedstream.server.strategies:Nope")
+        make_strategy("fedstream.server.aggregation.strategies:Nope")
 
 
 def documented_example() -> type[Strategy]:

@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from fedstream.cli import build_parser
 from fedstream.client.privacy import delta_norm
 from fedstream.common.tasks import load_task
-from fedstream.server.privacy import make_dp_strategy
-from fedstream.server.spool import UpdateInfo
-from fedstream.server.strategies import make_strategy
+from fedstream.server.aggregation.privacy import make_dp_strategy
+from fedstream.server.intake.spool import UpdateInfo
+from fedstream.server.aggregation.strategies import make_strategy
 from tests.harness import start_client, start_server, wait_all
 from tests.test_strategies import round_updates
 

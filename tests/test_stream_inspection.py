@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedstream.common.manifest import encode_state, layout_of
-from fedstream.server.aggregator import NonFiniteUpdateError, inspect_update
-from fedstream.server.inspection import StreamInspection, square_sum
+from fedstream.common.wire.manifest import encode_state, layout_of
+from fedstream.server.aggregation.aggregator import NonFiniteUpdateError, inspect_update
+from fedstream.server.intake.inspection import StreamInspection, square_sum
 from tests.test_aggregator import spool
 
 

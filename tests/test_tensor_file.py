@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fedstream.common.tensor_file import DTYPE_NAMES, write_safetensors
-from fedstream.common.wire import Crc32
+from fedstream.common.wire.tensor_file import DTYPE_NAMES, write_safetensors
+from fedstream.common.wire.framing import Crc32
 
 
 def test_every_named_dtype_shape_and_layout_round_trips_through_the_safetensors_library(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_every_named_dtype_shape_and_layout_round_trips_through_the_safetensors_
 
 
 def test_a_checkpoint_of_a_dtype_without_a_safetensors_name_falls_back_to_save_file(tmp_path: Path) -> None:
-    from fedstream.server.checkpoint import _write_tensors
+    from fedstream.server.publication.checkpoint import _write_tensors
 
     path = tmp_path / "z.safetensors"
     tensors = {"z": torch.tensor([1 + 2j], dtype=torch.complex64), "w": torch.ones(3)}

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedstream.common.certs import make_federation_certs
+from fedstream.common.security.certs import make_federation_certs
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.tls import client_credentials, server_credentials
-from fedstream.server.auth import Authenticator, client_token
+from fedstream.common.security.tls import client_credentials, server_credentials
+from fedstream.server.transport.auth import Authenticator, client_token
 from tests.harness import FEDSTREAM, env, start_client, start_server
 from tests.inprocess import random_delta, send, start_federation, upload_stream
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire import DataChunk, deserializer, frame_data, iter_chunks, serializer
+from fedstream.common.wire.framing import DataChunk, deserializer, frame_data, iter_chunks, serializer
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 1 << 20])
@@ -38,7 +38,7 @@ def test_iter_chunks_covers_every_byte_in_order_with_bounded_pieces() -> None:
 def test_running_crc_matches_zlib_whatever_the_chunking() -> None:
     import zlib
 
-    from fedstream.common.wire import Crc32
+    from fedstream.common.wire.framing import Crc32
 
     rng = random.Random(7)
     data = bytes(rng.getrandbits(8) for _ in range(100_000))
@@ -52,7 +52,7 @@ def test_running_crc_matches_zlib_whatever_the_chunking() -> None:
 
 
 def test_all_finite_agrees_with_isfinite_including_overflowing_sums() -> None:
-    from fedstream.common.tensors import all_finite
+    from fedstream.common.wire.tensors import all_finite
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         values = torch.ones(1000, dtype=dtype)

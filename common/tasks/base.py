@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedstream.common.precision import autocast, grad_scaler
+from fedstream.common.training.precision import autocast, grad_scaler
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Tensor codecs: the interface, the registry, and each codec family in its own module."""

@@ -1,0 +1,1 @@
+"""Certificates and TLS credentials for a federation."""

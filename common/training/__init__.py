@@ -1,0 +1,1 @@
+"""Training helpers shared by the client and the server: data partitions, mixed precision, pruning masks."""

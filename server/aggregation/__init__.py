@@ -1,0 +1,1 @@
+"""Aggregation: the streaming weighted sum, strategies, staleness discounts and differential privacy."""

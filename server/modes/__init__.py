@@ -1,0 +1,1 @@
+"""Round modes: synchronous rounds and buffered asynchronous rounds behind one interface the core calls."""
