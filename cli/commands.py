@@ -86,7 +86,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES)
     p.add_argument("--max-update-bytes", type=non_negative_int, default=0, help="cap on one upload (0: 2 × model)")
     p.add_argument("--wait-for-clients", type=positive_float, default=600.0)
-    p.add_argument("--max-workers", type=positive_int, default=256, help="gRPC worker threads")
+    p.add_argument("--max-workers", type=positive_int, default=None,
+                   help="threads for byte work: spooling, checks, folds, encoding (default: 2 per CPU, at least 4); "
+                        "calls themselves run on one event loop and hold no thread")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_server_security_flags(p)
@@ -146,9 +148,11 @@ def check_compression_flags(args: argparse.Namespace, parser: argparse.ArgumentP
 def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fedstream.common.logs import setup_logging
     from fedstream.common.tasks import load_task
-    from fedstream.server.transport.server import serve
     from fedstream.server.core.client_settings import parse_client_settings
-    from fedstream.server.core.coordinator import Coordinator, ServerConfig
+    from fedstream.server.core.config import ServerConfig
+    from fedstream.server.core.coordinator import Coordinator, NotEnoughClients
+    from fedstream.server.publication.progress import RoundProgress
+    from fedstream.server.transport.server import serve
     from fedstream.server.aggregation.strategies import make_strategy
 
     setup_logging(args.log_level)
@@ -157,8 +161,6 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as exc:
         parser.error(f"--chunk-bytes: {exc}")
     tune_malloc(args.chunk_bytes)
-    if args.clients_per_round and args.min_clients > args.clients_per_round:
-        parser.error(f"--min-clients {args.min_clients} exceeds --clients-per-round {args.clients_per_round}")
     try:
         strategy = make_strategy(args.strategy, dict(args.strategy_option))
     except ValueError as exc:
@@ -181,25 +183,13 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         client_settings = parse_client_settings(args.client_setting)
     except ValueError as exc:
         parser.error(f"--client-setting: {exc}")
-    factory = Coordinator
-    if args.mode == "async":
-        from fedstream.server.modes.buffered_async import AsyncSettings, async_coordinator
+    from fedstream.server.modes import AsyncSettings, make_mode
 
-        if not strategy.streaming:
-            parser.error(f"--mode async: strategy {args.strategy} needs every update of a round at once; "
-                         "async mode folds updates as they arrive (use a streaming strategy such as fedavg)")
-        if args.dp == "central":
-            parser.error("--mode async with --dp central: its noise and accounting assume sampled synchronous "
-                         "rounds; use --dp local (clients noise their own updates) or --mode sync")
-        if args.clients_per_round:
-            parser.error("--clients-per-round samples synchronous rounds; in --mode async every idle client trains")
-        if args.federated_eval:
-            parser.error("--federated-eval follows synchronous rounds; use --mode sync")
-        if args.reproducible:
-            parser.error("--reproducible orders each synchronous round's updates; in --mode async the order in "
-                         "which updates arrive decides the versions themselves (use --mode sync, or drop --reproducible)")
-        factory = async_coordinator(AsyncSettings.from_flags(args.buffer_size, args.staleness,
-                                                             args.staleness_exponent, args.max_staleness))
+    if args.mode == "async":
+        mode = make_mode("async", settings=AsyncSettings.from_flags(args.buffer_size, args.staleness,
+                                                                     args.staleness_exponent, args.max_staleness))
+    else:
+        mode = make_mode(args.mode)
     check_compression_flags(args, parser)
     run_dir = args.run_dir or default_run_dir()
     config = ServerConfig(rounds=args.rounds, clients_per_round=args.clients_per_round, min_clients=args.min_clients,
@@ -217,8 +207,19 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           federated_eval=args.federated_eval, eval_every=args.eval_every,
                           reproducible=args.reproducible)
     security = server_security(args, parser)
-    coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
-                        coordinator_factory=factory, credentials=security.credentials, auth=security.auth)
+    try:
+        mode.check(config, strategy)
+    except ValueError as exc:
+        parser.error(f"--mode {args.mode}: {exc}")
+    progress = RoundProgress(config.rounds)
+    coordinator = Coordinator(task, strategy, config, mode, on_round=progress.round_done)
+    try:
+        with progress:
+            serve(coordinator, args.address, port_file=args.port_file, credentials=security.credentials,
+                  auth=security.auth, byte_workers=args.max_workers)
+    except NotEnoughClients as exc:
+        print(f"fedstream server: {exc}", file=sys.stderr)
+        return 1
     records = coordinator.runlog.records()
     evaluated = [r for r in records if r.get("eval_accuracy") is not None]
     if evaluated:

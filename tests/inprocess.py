@@ -24,9 +24,11 @@ from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
 from fedstream.common.wire.framing import DataChunk
-from fedstream.server.transport.server import build_server
+from fedstream.server.transport.server import ServerThread
 from fedstream.server.transport.auth import Authenticator
-from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.core.config import ServerConfig
+from fedstream.server.core.coordinator import Coordinator
+from fedstream.server.modes import SyncRounds
 from fedstream.server.aggregation.strategies import make_strategy
 
 TASK_OPTIONS = {"hidden": "16"}
@@ -51,7 +53,7 @@ class Member:
 @dataclass
 class Federation:
     coordinator: Coordinator
-    server: grpc.Server
+    server: ServerThread
     port: int
     thread: threading.Thread
     members: dict[str, Member] = field(default_factory=dict)
@@ -78,7 +80,7 @@ class Federation:
     def wait_round(self, number: int, selected: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rnd = self.coordinator.round
+            rnd = self.coordinator.mode.round
             if rnd is not None and rnd.number == number and len(rnd.selected) >= selected:
                 return
             time.sleep(0.01)
@@ -101,7 +103,7 @@ class Federation:
         self.coordinator.stop("test over")
         for member in self.members.values():
             member.channel.close()
-        self.server.stop(grace=0)
+        self.server.stop()
         self.thread.join(timeout=10)
 
 
@@ -111,10 +113,9 @@ def start_federation(run_dir: Path, credentials: grpc.ServerCredentials | None =
     task = load_task("digits", TASK_OPTIONS)
     settings = {"rounds": 3, "min_clients": 2, "round_timeout": 600.0, "wait_for_clients": 600.0, **config}
     coordinator = Coordinator(task, make_strategy("fedavg"), ServerConfig(run_dir=run_dir, chunk_bytes=CHUNK_BYTES,
-                                                                          **settings))
-    server, port, _health = build_server(coordinator, "127.0.0.1:0", max_workers=32, credentials=credentials,
-                                         auth=auth)
-    server.start()
+                                                                          **settings), SyncRounds())
+    server = ServerThread(coordinator, credentials=credentials, auth=auth)
+    port = server.port
     thread = threading.Thread(target=coordinator.run, name="round-loop", daemon=True)
     thread.start()
     initial = OrderedDict((k, v.clone()) for k, v in coordinator.global_state.items())

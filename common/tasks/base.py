@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
@@ -43,6 +44,14 @@ class Task:
     make_optimizer: Callable[[list[nn.Parameter], TrainSettings], torch.optim.Optimizer] | None = None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
     _scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict, repr=False, compare=False)
+
+    def federated_state(self, model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+        """The tensors that travel and are aggregated (default: the whole state dict)."""
+        return OrderedDict(model.state_dict())
+
+    def load_federated_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        """Puts federated tensors into the model without copying them (default: the whole state dict)."""
+        model.load_state_dict(state, assign=True)
 
     @property
     def train_labels(self) -> torch.Tensor:

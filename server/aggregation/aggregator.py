@@ -17,6 +17,9 @@ from fedstream.server.intake.inspection import square_sum
 from fedstream.server.intake.spool import SpooledUpdate
 
 
+SUM_LIMIT = 1e37  # below float32's 3.4e38, with room for rounding
+
+
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 sums for float32 and narrower floats; float64 for float64 and integer tensors."""
     if dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -69,6 +72,16 @@ class StreamingAggregator:
         self._order = {key: rank for rank, key in enumerate(order)} if order is not None else None
         self._waiting: dict[int, tuple[SpooledUpdate, float, float]] = {}
         self._next = 0
+        self.magnitude = 0.0
+
+    def room_for(self, magnitude: float) -> bool:
+        """Reserves room for an update of weighted L2 norm `magnitude` (a bound on each of its weighted elements);
+        False, reserving nothing, when the running sum could then leave float32's range."""
+        with self._lock:
+            if not math.isfinite(magnitude) or self.magnitude + magnitude > SUM_LIMIT:
+                return False
+            self.magnitude += magnitude
+            return True
 
     @property
     def sums(self) -> "OrderedDict[str, torch.Tensor]":

@@ -94,6 +94,15 @@ class TransferSlots:
             self._active.append(transfer)
         return transfer
 
+    def try_acquire(self) -> Transfer | None:
+        """A slot now, or None when all are taken (for callers that wait on an event loop, not a thread)."""
+        with self._cond:
+            if self.limit and not self._room():
+                return None
+            transfer = Transfer(self._clock)
+            self._active.append(transfer)
+        return transfer
+
     def release(self, transfer: Transfer) -> None:
         with self._cond:
             if transfer in self._active:

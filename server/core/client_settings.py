@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping
 
-from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.server.core.messages import TrainConfig
 
 FIELDS = {"local_epochs": int, "batch_size": int, "learning_rate": float}
 
@@ -63,7 +63,7 @@ def parse_client_settings(items: Iterable[str | tuple[str, str]]) -> dict[str, d
     return out
 
 
-def apply_client_settings(config: pb.TrainConfig, settings: Mapping[str, str] | None) -> pb.TrainConfig:
+def apply_client_settings(config: TrainConfig, settings: Mapping[str, str] | None) -> TrainConfig:
     """The task's TrainConfig with this client's overrides written in (returned for chaining)."""
     for key, value in (settings or {}).items():
         kind = FIELDS.get(key)

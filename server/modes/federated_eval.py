@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.server.core.messages import Assignment, TaskKind
 
 
 @dataclass
@@ -19,11 +19,11 @@ class EvaluationRound:
     reports: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
     bytes_down: int = 0
 
-    def task_for(self, client_id: str) -> pb.Task | None:
+    def task_for(self, client_id: str) -> Assignment | None:
         if client_id not in self.selected or client_id in self.assigned or client_id in self.reports:
             return None
         self.assigned.add(client_id)
-        return pb.Task(kind=pb.Task.EVALUATE, round=self.number, version=self.version)
+        return Assignment(TaskKind.EVALUATE, round=self.number, version=self.version)
 
     def complete(self) -> bool:
         return all(c in self.reports for c in self.selected)

@@ -15,20 +15,19 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
 from fedstream.common.codecs.registry import RAW, get_codec
 from fedstream.common.codecs.plan import chooser, encode_tensors, lossless_variant, manifest_of, tensor_spec
-from fedstream.common.proto import coordinator_pb2 as pb
 
 
 @dataclass
 class Served:
     """One download's content: what the header says and the buffers that follow it."""
 
-    manifest: pb.Manifest
+    manifest: Any  # the manifest message common.codecs.plan built
     buffers: list
     incremental: bool = False
     base_version: int = 0
@@ -42,7 +41,8 @@ class _Prepared:
 
 
 class ModelPublisher:
-    def __init__(self, codec: str, incremental: bool = False, topk_fraction: float | None = None) -> None:
+    def __init__(self, codec: str, incremental: bool = False, topk_fraction: float | None = None,
+                 keep_previous: bool = False) -> None:
         self.codec = codec
         self.incremental = incremental
         self.topk_fraction = topk_fraction
@@ -54,6 +54,8 @@ class ModelPublisher:
         self._full: Served | None = None
         self._diff: Served | None = None
         self.counts = {"full": 0, "incremental": 0}
+        self.keep_previous = keep_previous
+        self._previous: tuple[int, Mapping[str, torch.Tensor], Served | None] | None = None
 
     def prepare(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str],
                 masks_changed: bool) -> _Prepared:
@@ -83,6 +85,8 @@ class ModelPublisher:
     def commit(self, prepared: _Prepared, masked: list[str]) -> None:
         """Makes the prepared version the one served (call it when the coordinator publishes the version)."""
         with self._lock:
+            if self.keep_previous and self._version is not None and self._served is not None:
+                self._previous = (self._version, self._served, self._full)
             self._version = prepared.version
             self._served = prepared.served_state
             self._masked = list(masked)
@@ -105,6 +109,8 @@ class ModelPublisher:
     def serve(self, version: int, have_version: int) -> Served:
         """The difference when the client holds the previous version, the full model otherwise."""
         with self._lock:
+            if self._previous is not None and version == self._previous[0] and version != self._version:
+                return self._serve_previous()
             if version != self._version:
                 raise ValueError(f"version {version} is not published; the publisher holds {self._version}")
             diff = self._diff
@@ -119,6 +125,21 @@ class ModelPublisher:
                 self._full = Served(*encode_tensors(self._served, choose))
             self.counts["full"] += 1
             return self._full
+
+    def _serve_previous(self) -> Served:
+        """The version before the current one, in full (asynchronous mode: a task handed out just before a
+        new version was published still downloads its base)."""
+        version, state, full = self._previous  # type: ignore[misc]
+        if full is None:
+            full = Served(*encode_tensors(state, chooser(self.codec, [], self.topk_fraction)))
+            self._previous = (version, state, full)
+        self.counts["full"] += 1
+        return full
+
+    def versions(self) -> list[int]:
+        """The versions a download may ask for."""
+        kept = [self._previous[0]] if self._previous is not None else []
+        return kept + ([self._version] if self._version is not None else [])
 
     def take_counts(self) -> dict[str, int]:
         """Downloads served since the last call, by kind."""

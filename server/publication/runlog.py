@@ -13,6 +13,8 @@ from typing import Mapping
 import torch
 from safetensors.torch import save_file
 
+from fedstream.server.publication.record import to_json_line
+
 log = logging.getLogger("fedstream.server")
 PLOT_TIMEOUT_SECONDS = 120
 
@@ -25,7 +27,7 @@ class RunLog:
 
     def append(self, record: Mapping) -> None:
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json_line(dict(record)))
             f.flush()
             os.fsync(f.fileno())
 
@@ -42,7 +44,7 @@ class RunLog:
         if len(keep) == len(records):
             return 0
         tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.write_text("".join(to_json_line(r) for r in keep))
         os.replace(tmp, self.metrics_path)
         return len(records) - len(keep)
 

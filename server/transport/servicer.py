@@ -1,157 +1,264 @@
-"""The gRPC face of the coordinator: translates messages to coordinator calls and refusals to statuses."""
+"""The gRPC face of the coordinator on grpc.aio: translates messages to core calls and refusals to statuses.
+
+Every handler runs on the event loop; a long poll, a heartbeat or an idle session holds no thread. Byte work
+(opening a download, spooling a chunk, the final checks and the fold) goes to a bounded thread pool, so the loop
+keeps answering while a large model is folded.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import grpc
 
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire.protocol import UPLOAD_ADMITTED_KEY
 from fedstream.common.wire.framing import DataChunk, deserializer, serializer
-from fedstream.server.transport.auth import Authenticator
-from fedstream.server.core.coordinator import Coordinator, Duplicate, UploadSink
-from fedstream.server.core.errors import Refusal, exhausted, invalid
+from fedstream.common.wire.protocol import UPLOAD_ADMITTED_KEY
+from fedstream.server.core import errors
+from fedstream.server.core.coordinator import Coordinator
 from fedstream.server.core.join_limit import peer_host
+from fedstream.server.core.messages import Assignment, TaskKind
+from fedstream.server.intake.upload import UploadSink
+from fedstream.server.transport import convert
+from fedstream.server.transport.auth import Authenticator
+from fedstream.server.transport.call_limits import CallLimits
+from fedstream.server.transport.statuses import status_of
 
 SERVICE = "fedstream.v1.Coordinator"
+ADMISSION_POLL_SECONDS = 0.05
 log = logging.getLogger("fedstream.server")
 
 
+class TaskWaiters:
+    """Long polls asleep until the core says their client's work may have changed (any thread may wake them)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def wake(self, clients: Iterable[str] | None) -> None:
+        """Thread-safe: schedules the wake-up on the loop."""
+        chosen = None if clients is None else list(clients)
+        try:
+            self.loop.call_soon_threadsafe(self._wake_now, chosen)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _wake_now(self, clients: list[str] | None) -> None:
+        groups = self._events.values() if clients is None else (self._events.get(c, ()) for c in clients)
+        for group in list(groups):
+            for event in list(group):
+                event.set()
+
+    async def sleep(self, client: str, seconds: float) -> None:
+        event = asyncio.Event()
+        self._events.setdefault(client, set()).add(event)
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            group = self._events.get(client)
+            if group is not None:
+                group.discard(event)
+                if not group:
+                    del self._events[client]
+
+
 class CoordinatorServicer:
-    def __init__(self, coordinator: Coordinator, auth: Authenticator | None = None) -> None:
-        self.coordinator = coordinator
+    def __init__(self, coordinator: Coordinator, auth: Authenticator | None = None,
+                 pool: ThreadPoolExecutor | None = None, limits: CallLimits | None = None) -> None:
+        self.core = coordinator
         self.auth = auth or Authenticator()
+        self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="bytes")
+        self.limits = limits or CallLimits()
+        self.waiters: TaskWaiters | None = None
 
-    def _bound(self, context: grpc.ServicerContext, session_id: str) -> None:
-        """With mTLS, a session may only be used over a connection whose certificate names its client."""
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Binds the long polls to the serving loop and lets the core wake them."""
+        self.waiters = TaskWaiters(loop)
+        self.core.wake = self.waiters.wake
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def _bound(self, context: grpc.aio.ServicerContext, session_id: str) -> str:
+        """The session's client; with mTLS, the connection's certificate must name it."""
+        client = self.core.client_of(session_id)
         if self.auth.require_certificate:
-            self.auth.check_peer(context, self.coordinator.client_of(session_id))
+            self.auth.check_peer(context, client)
+        return client
 
-    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
-        def join() -> pb.JoinReply:
-            limit, host = self.coordinator.join_limit, peer_host(context.peer())
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
+        limit, host = self.core.join_limit, peer_host(context.peer())
+        try:
             wait = limit.wait_seconds(host)
             if wait:
-                raise exhausted(f"too many joins from {host}: at most {limit.rate:g} per second after a burst of "
-                                f"{limit.burst}; retry in {max(wait, 0.1):.1f} s (the server's --join-rate and "
-                                "--join-burst)")
+                raise errors.exhausted(f"too many joins from {host}: at most {limit.rate:g} per second after a burst "
+                                       f"of {limit.burst}; retry in {max(wait, 0.1):.1f} s (the server's --join-rate "
+                                       "and --join-burst)")
             self.auth.check_join(context, request.client_id, request.token)
-            return self.coordinator.join(request)
+            return convert.join_reply(self.core.join(request))
+        except errors.Refusal as refusal:
+            self.core.observer.refusal(refusal.code, refusal.message, None, rpc="Join")
+            await _abort(context, refusal)
 
-        return _call(context, join)
-
-    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
-        def task() -> pb.Task:
-            self._bound(context, request.session_id)
-            return self.coordinator.next_task(request.session_id, request.wait_ms / 1000.0)
-
-        return _call(context, task)
-
-    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
-        def beat() -> pb.HeartbeatReply:
-            self._bound(context, request.session_id)
-            return self.coordinator.heartbeat(request.session_id)
-
-        return _call(context, beat)
-
-    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
-        def leave() -> pb.LeaveReply:
-            self._bound(context, request.session_id)
-            self.coordinator.leave(request.session_id, request.reason[:200])
-            return pb.LeaveReply()
-
-        return _call(context, leave)
-
-    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationReply:
-        def report() -> pb.EvaluationReply:
-            self._bound(context, request.session_id)
-            self.coordinator.report_evaluation(request)
-            return pb.EvaluationReply(accepted=True)
-
-        return _call(context, report)
-
-    def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk | DataChunk]:
-        def open_download():
-            self._bound(context, request.session_id)
-            return self.coordinator.open_download(request.session_id, request.version, request.have_version)
-
-        stream = _call(context, open_download)
-        yield pb.ModelChunk(header=stream.header)
-        with self.coordinator.transfers.slot(lambda: not context.is_active()) as transfer:
-            if transfer is None:
-                return
-            for piece in stream.chunks:
-                yield DataChunk(memoryview(piece))
-                transfer.progress()
-        yield pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes))
-
-    def UploadUpdate(self, requests: Iterator[pb.UpdateChunk | DataChunk], context: grpc.ServicerContext) -> pb.UploadReply:
-        first = next(requests, None)
-        if not isinstance(first, pb.UpdateChunk) or first.WhichOneof("part") != "header":
-            what = first.error if isinstance(first, Malformed) else type(first).__name__
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"an upload must start with an UpdateHeader message; got {what}")
+    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         try:
-            self._bound(context, first.header.session_id)
-            sink = self.coordinator.begin_upload(first.header)
-        except Duplicate:
+            client = self._bound(context, request.session_id)
+            deadline = time.monotonic() + min(request.wait_ms / 1000.0, 30.0)
+            with self.limits.long_poll(request.session_id):
+                while True:
+                    task = self.core.task_now(request.session_id)
+                    remaining = deadline - time.monotonic()
+                    if task is not None or remaining <= 0 or self.waiters is None:
+                        return convert.task(task or Assignment(TaskKind.WAIT, retry_after_ms=200))
+                    await self.waiters.sleep(client, remaining)
+        except errors.Refusal as refusal:
+            await _abort(context, refusal)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatReply:
+        try:
+            self._bound(context, request.session_id)
+            return convert.beat(self.core.heartbeat(request.session_id))
+        except errors.Refusal as refusal:
+            await _abort(context, refusal)
+
+    async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveReply:
+        try:
+            self._bound(context, request.session_id)
+            self.core.leave(request.session_id, request.reason[:200])
+            return pb.LeaveReply()
+        except errors.Refusal as refusal:
+            await _abort(context, refusal)
+
+    async def ReportEvaluation(self, request: pb.EvaluationReport,
+                               context: grpc.aio.ServicerContext) -> pb.EvaluationReply:
+        try:
+            self._bound(context, request.session_id)
+            self.core.report_evaluation(request)
+            return pb.EvaluationReply(accepted=True)
+        except errors.Refusal as refusal:
+            await _abort(context, refusal)
+
+    async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> None:
+        try:
+            self._bound(context, request.session_id)
+            stream = await self._offload(self.core.open_download, request.session_id, request.version,
+                                         request.have_version)
+        except errors.Refusal as refusal:
+            await _abort(context, refusal)
+        await context.write(pb.ModelChunk(header=convert.model_header(stream.header)))
+        transfer = await self._admitted(context)
+        try:
+            while True:
+                piece = await self._offload(next, stream.chunks, None)
+                if piece is None:
+                    break
+                await self._write(context, DataChunk(memoryview(piece)))
+                transfer.progress()
+        finally:
+            self.core.transfers.release(transfer)
+        await context.write(pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes)))
+
+    async def _write(self, context: grpc.aio.ServicerContext, message: Any) -> None:
+        """One response message; a reader that does not take it within chunk_seconds is dropped."""
+        try:
+            await asyncio.wait_for(context.write(message), self.limits.chunk_seconds)
+        except asyncio.TimeoutError:
+            await _abort(context, errors.deadline(
+                f"the download was not read for {self.limits.chunk_seconds:g} s; the server dropped it"))
+
+    async def _admitted(self, context: grpc.aio.ServicerContext):
+        """A transfer slot (--max-transfers), polled from the loop."""
+        while True:
+            transfer = self.core.transfers.try_acquire()
+            if transfer is not None:
+                return transfer
+            if context.done():
+                raise asyncio.CancelledError()
+            await asyncio.sleep(ADMISSION_POLL_SECONDS)
+
+    async def UploadUpdate(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> pb.UploadReply:
+        incoming = requests.__aiter__()
+        try:
+            with self.limits.unauthenticated(peer_host(context.peer())):
+                first = await asyncio.wait_for(_next(incoming), self.limits.header_seconds)
+                if not isinstance(first, pb.UpdateChunk) or first.WhichOneof("part") != "header":
+                    what = first.error if isinstance(first, Malformed) else type(first).__name__
+                    raise errors.invalid(f"an upload must start with an UpdateHeader message; got {what}")
+                self._bound(context, first.header.session_id)
+                sink = self.core.begin_upload(first.header)
+        except asyncio.TimeoutError:
+            await _abort(context, errors.deadline(f"no upload header within {self.limits.header_seconds:g} s"))
+        except errors.Duplicate:
             return pb.UploadReply(accepted=True, duplicate=True, message="already accepted; counted once")
-        except Refusal as refusal:
-            context.abort(refusal.code, refusal.message)
+        except errors.Refusal as refusal:
+            self.core.observer.refusal(refusal.code, refusal.message, None)
+            await _abort(context, refusal)
         finished = False
         try:
-            trailer = self._receive(sink, requests, context)
+            trailer = await self._receive(sink, incoming, context)
             if trailer is None:
-                raise invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed early: "
-                              "the client went away or stopped sending); nothing was aggregated")
+                raise errors.invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed "
+                                     "early: the client went away or stopped sending); nothing was aggregated")
             finished = True
-            self.coordinator.finish_upload(sink, trailer)
-        except Refusal as refusal:
+            await self._offload(self.core.finish_upload, sink, trailer)
+        except errors.Refusal as refusal:
             if not finished:
-                self.coordinator.abort_upload(sink, refusal.message)
-            context.abort(refusal.code, refusal.message)
-        except Exception as exc:  # the stream broke: client gone, connection reset, cancelled
+                await self._offload(self.core.abort_upload, sink, refusal.message)
+            await _abort(context, refusal)
+        except BaseException as exc:  # the stream broke: client gone, connection reset, cancelled
             if not finished:
-                self.coordinator.abort_upload(sink, f"upload stream broke ({type(exc).__name__})")
+                await asyncio.shield(self._offload(self.core.abort_upload, sink,
+                                                   f"upload stream broke ({type(exc).__name__})"))
             raise
         return pb.UploadReply(accepted=True, message="update accepted")
 
-    def _receive(self, sink: UploadSink, requests: Iterator[pb.UpdateChunk | DataChunk | Malformed],
-                 context: grpc.ServicerContext) -> pb.Trailer | None:
+    async def _receive(self, sink: UploadSink, incoming: AsyncIterator[Any],
+                       context: grpc.aio.ServicerContext) -> pb.Trailer | None:
         """Spools the upload's data once a transfer slot is free; returns its trailer (None: the stream ended early)."""
         trailer: pb.Trailer | None = None
-        with self.coordinator.transfers.slot(lambda: not context.is_active()) as transfer:
-            if transfer is None:
-                return None
-            context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
-            for message in requests:
+        transfer = await self._admitted(context)
+        try:
+            await context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
+            async for message in incoming:
                 transfer.progress()
                 if trailer is not None:
-                    raise invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
+                    raise errors.invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
-                    sink.write(message.data)
+                    await self._offload(sink.write, message.data)
                     continue
                 if isinstance(message, Malformed):
-                    raise invalid(f"client {sink.client_id} sent an undecodable upload message ({message.error}); "
-                                  "nothing was aggregated")
+                    raise errors.invalid(f"client {sink.client_id} sent an undecodable upload message "
+                                         f"({message.error}); nothing was aggregated")
                 part = message.WhichOneof("part")
                 if part == "data":
-                    sink.write(message.data)
+                    await self._offload(sink.write, message.data)
                 elif part == "trailer":
                     trailer = message.trailer
                 else:
-                    raise invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
-                                  "in the middle of an upload; nothing was aggregated")
+                    raise errors.invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
+                                         "in the middle of an upload; nothing was aggregated")
+        finally:
+            self.core.transfers.release(transfer)
         return trailer
 
 
-def _call(context: grpc.ServicerContext, fn):
+async def _next(incoming: AsyncIterator[Any]) -> Any:
     try:
-        return fn()
-    except Refusal as refusal:
-        context.abort(refusal.code, refusal.message)
+        return await incoming.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, refusal: errors.Refusal) -> None:
+    await context.abort(status_of(refusal.code), refusal.message)
 
 
 @dataclass(frozen=True)
@@ -172,10 +279,11 @@ def _lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
 
 
 def _checked(method: Callable) -> Callable:
-    def handle(request: object, context: grpc.ServicerContext):
+    async def handle(request: object, context: grpc.aio.ServicerContext):
         if isinstance(request, Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({request.error})")
-        return method(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request is not a valid protobuf message ({request.error})")
+        return await method(request, context)
 
     return handle
 
