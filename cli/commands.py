@@ -13,6 +13,7 @@ from fedstream.cli.options import host_port, key_value, non_negative_float, non_
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
+from fedstream.server.modes import MODES as MODE_NAMES
 from fedstream.common.training.precision import AMP_CHOICES
 from fedstream.common.wire.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 from fedstream.server.aggregation.staleness import STALENESS
@@ -64,8 +65,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                         "also set --dp-option noise_seed; local DP and DP-SGD noise is the clients' own secret)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
-    p.add_argument("--mode", choices=["sync", "async"], default="sync",
-                   help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates")
+    p.add_argument("--mode", choices=sorted(MODE_NAMES), default="sync",
+                   help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates; "
+                        "over-selection: a round closes at the first --min-clients updates")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
     p.add_argument("--staleness", choices=sorted(STALENESS), default="sqrt",
                    help="async: discount of an update s versions old: constant 1, sqrt 1/sqrt(1+s), poly (1+s)^-a")

@@ -23,9 +23,11 @@ from fedstream.common.tasks import load_task
 from fedstream.common.wire.framing import Crc32, iter_chunks
 from fedstream.server.publication.checkpoint import load_checkpoint
 from fedstream.server.core.client_settings import apply_client_settings, parse_client_settings
-from fedstream.server.core.coordinator import Duplicate, ServerConfig
+from fedstream.server.core.config import ServerConfig
+from fedstream.server.core.coordinator import Coordinator
+from fedstream.server.core.errors import Duplicate
 from fedstream.server.core.errors import Refusal
-from fedstream.server.modes.buffered_async import AsyncCoordinator, AsyncSettings
+from fedstream.server.modes.buffered_async import AsyncSettings, BufferedAsync
 from fedstream.server.aggregation.staleness import STALENESS, make_staleness
 from fedstream.server.aggregation.strategies import make_strategy
 from tests.harness import start_client, start_server, wait_all
@@ -76,8 +78,8 @@ def test_client_settings_parse_and_override_the_task_config() -> None:
 def test_server_sends_per_client_settings_with_the_task(tmp_path: Path) -> None:
     config = ServerConfig(run_dir=tmp_path / "run", seed=1,
                           client_settings=parse_client_settings(["slow:local_epochs=1,batch_size=8,slowdown=5"]))
-    coord = AsyncCoordinator(load_task("digits"), make_strategy("fedavg"), config)
-    coord.started = True
+    coord = Coordinator(load_task("digits"), make_strategy("fedavg"), config, BufferedAsync())
+    coord.mode.started = True
     slow, fast = (coord.next_task(_join(coord, c, 10), 0).config for c in ("slow", "fast"))
     assert (slow.local_epochs, slow.batch_size, slow.options["slowdown"]) == (1, 8, "5")
     assert (fast.local_epochs, fast.batch_size, "slowdown" in fast.options) == (3, 32, False)
@@ -86,13 +88,13 @@ def test_server_sends_per_client_settings_with_the_task(tmp_path: Path) -> None:
 
 # ----- the coordinator driven directly (no network) --------------------------------------------------------------
 
-def _join(coord: AsyncCoordinator, client_id: str, examples: int) -> str:
+def _join(coord: Coordinator, client_id: str, examples: int) -> str:
     reply = coord.join(pb.JoinRequest(client_id=client_id, protocol_version=PROTOCOL_VERSION, codecs=["raw"],
                                       num_examples=examples))
     return reply.session_id
 
 
-def _deliver(coord: AsyncCoordinator, session: str, task: pb.Task, delta: dict[str, torch.Tensor], examples: int,
+def _deliver(coord: Coordinator, session: str, task: pb.Task, delta: dict[str, torch.Tensor], examples: int,
              upload_id: str | None = None) -> None:
     """What the servicer does for one UploadUpdate stream: header, chunks, trailer."""
     manifest, buffers = encode_state(delta, "raw")
@@ -106,7 +108,7 @@ def _deliver(coord: AsyncCoordinator, session: str, task: pb.Task, delta: dict[s
     coord.finish_upload(sink, pb.Trailer(crc32=crc.value, total_bytes=crc.nbytes))
 
 
-def _download(coord: AsyncCoordinator, session: str, version: int) -> OrderedDict[str, torch.Tensor]:
+def _download(coord: Coordinator, session: str, version: int) -> OrderedDict[str, torch.Tensor]:
     stream = coord.open_download(session, version)
     data = bytearray()
     for piece in stream.chunks:
@@ -119,7 +121,7 @@ def _random_delta(reference: dict[str, torch.Tensor], seed: int) -> dict[str, to
     return {k: torch.randn(v.shape, generator=gen) * 0.01 for k, v in reference.items()}
 
 
-def _wait_version(coord: AsyncCoordinator, version: int, timeout: float = 30.0) -> None:
+def _wait_version(coord: Coordinator, version: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while coord.version < version:
         assert time.monotonic() < deadline, f"version {version} was not published; at {coord.version}"
@@ -135,7 +137,7 @@ def test_fedbuff_weights_updates_by_examples_and_staleness_and_refuses_stale_one
     task = load_task("digits")
     config = ServerConfig(rounds=3, min_clients=1, seed=5, run_dir=tmp_path / "run", round_timeout=60)
     settings = AsyncSettings(buffer_size=2, staleness=make_staleness("poly", 1.0), max_staleness=1)
-    coord = AsyncCoordinator(task, make_strategy("fedavg"), config, settings=settings)
+    coord = Coordinator(task, make_strategy("fedavg"), config, BufferedAsync(settings))
     v0 = coord.global_state
     x0 = {k: v.double().clone() for k, v in v0.items()}
     loop = threading.Thread(target=coord.run, daemon=True)
@@ -161,7 +163,7 @@ def test_fedbuff_weights_updates_by_examples_and_staleness_and_refuses_stale_one
         upload_id = uuid.uuid4().hex
         _deliver(coord, sa, ta2, da2, 10, upload_id)
         _wait_version(coord, 2)
-        issued_by_v2 = coord.tasks_issued
+        issued_by_v2 = coord.mode.tasks_issued
         x2 = {k: x1[k] + (20 * 0.5 * dc[k].double() + 10 * da2[k].double()) / 30 for k in x0}
         _close(x2, coord.global_state)
         _close(x0, v0)  # version 0's tensors were never written to while clients could download them
@@ -170,12 +172,12 @@ def test_fedbuff_weights_updates_by_examples_and_staleness_and_refuses_stale_one
             _deliver(coord, sa, ta2, da2, 10, upload_id)
         with pytest.raises(Refusal) as stale:
             _deliver(coord, sd, td, da, 5)
-        assert stale.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert stale.value.code == grpc.StatusCode.FAILED_PRECONDITION.name
         assert "trained on version 0, 2 versions behind the current version 2" in stale.value.message
         assert "--max-staleness" in stale.value.message
         with pytest.raises(Refusal) as gone:
             coord.open_download(sa, 0)
-        assert gone.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no longer served" in gone.value.message
+        assert gone.value.code == grpc.StatusCode.FAILED_PRECONDITION.name and "no longer served" in gone.value.message
         with pytest.raises(Refusal, match="it holds no task"):
             _deliver(coord, sa, ta, da, 10)
         ta3 = coord.next_task(sa, 0)
@@ -192,12 +194,12 @@ def test_fedbuff_weights_updates_by_examples_and_staleness_and_refuses_stale_one
     assert records[1]["refused_stale"] == 0
     assert sorted((f["client"], f["staleness"]) for f in records[1]["folded"]) == [("a", 0), ("c", 1)]
 
-    resumed = AsyncCoordinator(task, make_strategy("fedavg"), config, settings=settings)
+    resumed = Coordinator(task, make_strategy("fedavg"), config, BufferedAsync(settings))
     assert resumed.version == 2 and resumed.completed_rounds == 2
     _close(x2, resumed.global_state)
     saved = load_checkpoint(config.run_dir).extra
     assert saved["mode"] == "async" and saved["tasks_issued"] >= issued_by_v2
-    assert resumed.tasks_issued == saved["tasks_issued"], "task numbers continue after a restart"
+    assert resumed.mode.tasks_issued == saved["tasks_issued"], "task numbers continue after a restart"
     session = _join(resumed, "a", 10)
     assert resumed.next_task(session, 0).kind == pb.Task.WAIT, "no work before the run (and --min-clients) starts"
     resumed.finish()
@@ -209,7 +211,8 @@ def test_async_mode_refuses_strategies_that_need_every_update() -> None:
         streaming = False
 
     with pytest.raises(ValueError, match="needs a streaming strategy"):
-        AsyncCoordinator(load_task("digits"), Median(), ServerConfig(run_dir=Path("/nonexistent/never-created")))
+        Coordinator(load_task("digits"), Median(), ServerConfig(run_dir=Path("/nonexistent/never-created")),
+                    BufferedAsync())
 
 
 # ----- end to end: real server and client processes --------------------------------------------------------------

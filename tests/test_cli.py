@@ -55,13 +55,15 @@ def test_config_file_with_unknown_key_is_refused(tmp_path: Path) -> None:
 
 def test_eval_every_skips_server_evaluation_but_never_the_last_round(tmp_path) -> None:
     from fedstream.common.tasks import load_task
-    from fedstream.server.core.coordinator import Coordinator, ServerConfig
+    from fedstream.server.core.config import ServerConfig
+    from fedstream.server.core.coordinator import Coordinator
+    from fedstream.server.modes import SyncRounds
     from fedstream.server.publication.progress import RoundProgress
     from fedstream.server.publication.runlog import RunLog
     from fedstream.server.aggregation.strategies import make_strategy
 
     coordinator = Coordinator(load_task("digits", {"hidden": "8"}), make_strategy("fedavg"),
-                              ServerConfig(run_dir=tmp_path, rounds=5, eval_every=2))
+                              ServerConfig(run_dir=tmp_path, rounds=5, eval_every=2), SyncRounds())
     state = coordinator.global_state
     assert [coordinator.evaluate_after(n, state)["accuracy"] is None for n in range(1, 6)] == [
         True, False, True, False, False]

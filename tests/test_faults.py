@@ -24,7 +24,9 @@ from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
 from fedstream.server.publication.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.core.config import ServerConfig
+from fedstream.server.core.coordinator import Coordinator
+from fedstream.server.modes import SyncRounds
 from fedstream.server.aggregation.strategies import make_strategy
 from tests.harness import ServerProcess, start_client, start_server, wait_all
 from tests.inprocess import Member, random_delta, send, start_federation, upload_stream
@@ -151,7 +153,7 @@ def test_round_short_of_min_clients_is_retried_as_a_new_attempt(tmp_path: Path) 
         a, b = fed.join("a"), fed.join("b")
         fed.wait_round(1, 2)
         assert send(a, upload_stream(a, 1, 0, random_delta(fed.initial, 1))).accepted
-        wait_for(lambda: fed.coordinator.round is not None and fed.coordinator.round.attempt == 2, 10, "attempt 2")
+        wait_for(lambda: fed.coordinator.mode.round is not None and fed.coordinator.mode.round.attempt == 2, 10, "attempt 2")
         for member, seed in ((a, 1), (b, 2)):
             assert send(member, upload_stream(member, 1, 0, random_delta(fed.initial, seed))).accepted
         fed.wait_completed(1)
@@ -235,7 +237,7 @@ def test_torn_checkpoint_is_never_loaded_and_resume_falls_back_to_the_last_intac
     loaded = load_checkpoint(run_dir)
     assert loaded.version == 2 and torch.equal(loaded.global_state[next(iter(state))], next(iter(state.values())) + 2)
 
-    coordinator = Coordinator(task, make_strategy("fedavg"), ServerConfig(run_dir=run_dir))
+    coordinator = Coordinator(task, make_strategy("fedavg"), ServerConfig(run_dir=run_dir), SyncRounds())
     assert coordinator.completed_rounds == 2 and coordinator.version == 2
     assert [r["round"] for r in coordinator.runlog.records()] == [1, 2], "round 3 will be redone and logged again"
 

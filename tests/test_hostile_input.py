@@ -155,7 +155,7 @@ def _fed_avg(initial: OrderedDict, deltas: list[tuple[dict, int]]) -> OrderedDic
 
 
 def _assert_untouched(fed: Federation, round_number: int) -> None:
-    rnd = fed.coordinator.round
+    rnd = fed.coordinator.mode.round
     assert rnd is not None and rnd.number == round_number and not rnd.accepted and not rnd.uploading
     assert rnd.aggregator is None or rnd.aggregator.count == 0
     assert fed.coordinator.spool.in_use == 0, "a refused stream still holds its spool file"
@@ -184,7 +184,7 @@ def test_every_hostile_upload_gets_its_own_status_and_leaves_model_and_round_unt
     replay = send(a, honest_a)
     assert replay.accepted and replay.duplicate, "a retried upload with the same upload_id must be counted once"
     _expect(lambda: send(a, upload_stream(a, 1, 0, delta_b)), Code.ALREADY_EXISTS, "already delivered", "second update")
-    assert fed.coordinator.round.aggregator.count == 1
+    assert fed.coordinator.mode.round.aggregator.count == 1
     assert send(b, upload_stream(b, 1, 0, delta_b)).accepted
     fed.wait_completed(1)
     expected = _fed_avg(fed.initial, [(delta_a, a.num_examples), (delta_b, b.num_examples)])
@@ -400,7 +400,7 @@ def test_fuzzed_messages_never_crash_the_server_or_leak_into_the_model(tmp_path:
         assert coordinator.completed_rounds == 0 and coordinator.version == 0
         for name, tensor in fed.initial.items():
             assert torch.equal(coordinator.global_state[name], tensor), name
-        rnd = coordinator.round
+        rnd = coordinator.mode.round
         assert sorted(rnd.accepted) == sorted(accepted) and not rnd.uploading
         # Everyone still standing delivers an honest update; the closed round must be exactly their FedAvg.
         for cid, member in members.items():
@@ -438,7 +438,7 @@ def test_one_upload_in_flight_per_client(tmp_path: Path) -> None:
 
         first = a.stub.UploadUpdate.future(held_open(), timeout=20)
         deadline = time.monotonic() + 10
-        while "a" not in fed.coordinator.round.uploading:
+        while "a" not in fed.coordinator.mode.round.uploading:
             assert time.monotonic() < deadline, "the first upload never began"
             time.sleep(0.01)
         _expect(lambda: send(a, upload_stream(a, 1, 0, random_delta(fed.initial, 2))), Code.ABORTED,

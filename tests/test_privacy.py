@@ -17,7 +17,9 @@ from fedstream.client.privacy import delta_norm, privatize_delta
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.protocol import PROTOCOL_VERSION
 from fedstream.common.tasks import load_task
-from fedstream.server.core.coordinator import Coordinator, ServerConfig
+from fedstream.server.core.config import ServerConfig
+from fedstream.server.core.coordinator import Coordinator
+from fedstream.server.modes import SyncRounds
 from fedstream.server.publication.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedstream.server.aggregation.privacy import CentralDP, LocalDP, make_dp_strategy, parse_clip
 from fedstream.server.aggregation.strategies import make_strategy
@@ -204,7 +206,7 @@ def test_client_noise_has_std_sigma_clip_and_is_fresh_every_time() -> None:
 def test_coordinator_ends_the_run_before_a_round_that_would_pass_the_target(tmp_path: Path) -> None:
     strategy = make_dp_strategy(make_strategy("fedavg"), "central", "1.0", 0.5, 1e-5, target_epsilon=1.0)
     coordinator = Coordinator(load_task("digits", {"hidden": "8"}), strategy,
-                              ServerConfig(rounds=5, run_dir=tmp_path, wait_for_clients=5.0))
+                              ServerConfig(rounds=5, run_dir=tmp_path, wait_for_clients=5.0), SyncRounds())
     reply = coordinator.join(pb.JoinRequest(client_id="solo", protocol_version=PROTOCOL_VERSION, codecs=["raw"],
                                             num_examples=10))
     coordinator.run()

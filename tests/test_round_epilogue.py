@@ -17,7 +17,7 @@ def _beat(member) -> pb.HeartbeatReply:
 
 def _deliver(fed, members, number: int) -> None:
     fed.wait_round(number, len(members))
-    version = fed.coordinator.round.base_version
+    version = fed.coordinator.mode.round.base_version
     for i, member in enumerate(members):
         assert send(member, upload_stream(member, number, version, random_delta(fed.initial, number * 10 + i))).accepted
 

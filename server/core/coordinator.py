@@ -259,7 +259,8 @@ class Coordinator:
             served = self.publisher.serve(version, have_version)  # may encode the version: outside the lock
         except ValueError:
             kept = ", ".join(str(v) for v in self.publisher.versions())
-            raise errors.stale(f"version {version} is not served (the server serves version(s) {kept}); "
+            which = "no longer served" if version < self.version else "not served"
+            raise errors.stale(f"version {version} is {which} (the server keeps version(s) {kept}); "
                                f"the current version is {self.version}: ask for a new task") from None
         with self.cond:
             self.session(session_id).held_version = version
@@ -287,7 +288,7 @@ class Coordinator:
             ticket = self.mode.admit(client, session, header)
             layout = check_header(client, header, session.num_examples, self.mode.upload_reference(),
                                   accepted_codecs(session.upload_codec), self.max_update_bytes)
-            self.mode.started(client, ticket, header)
+            self.mode.upload_started(client, ticket, header)
         self.observer.client_state(client, "uploading")
         return UploadSink.open(self.spool, client, header, layout, ticket)
 
@@ -461,8 +462,11 @@ class Coordinator:
 
     def wait_clients_gone(self, timeout: float) -> None:
         """After finishing, gives connected clients a moment to fetch their FINISH task."""
+        deadline = time.monotonic() + timeout
         with self.cond:
-            self.wait_until(lambda: len(self.sessions) == 0, timeout)
+            while len(self.sessions) and time.monotonic() < deadline:
+                self.expire()
+                self.cond.wait(timeout=0.2)
 
 
 class NotEnoughClients(RuntimeError):

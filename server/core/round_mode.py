@@ -2,7 +2,7 @@
 
 The core owns sessions, transfers, upload intake and the one publication path; a mode decides which task a
 client gets now, what happens to an accepted update, and when a version is published. The core calls the
-`task_for`, `admit`, `started`, `downloaded`, `aborted`, `client_gone` and `client_back` hooks under its lock (keep them
+`task_for`, `admit`, `upload_started`, `downloaded`, `aborted`, `client_gone` and `client_back` hooks under its lock (keep them
 quick, no I/O) and `accept` and `exchange` outside it. `run` is the mode's driver: it runs on the round
 thread until the run is over, waiting on `core.cond` and calling `core.publish` for each new version.
 
@@ -61,7 +61,7 @@ class RoundMode(ABC):
         """Checks an upload's header against the mode's state; returns the mode's ticket for it or raises a
         Refusal (or errors.Duplicate for an upload already accepted)."""
 
-    def started(self, client_id: str, ticket: object, header: Any) -> None:
+    def upload_started(self, client_id: str, ticket: object, header: Any) -> None:
         """The upload passed every header check and now streams (mark it in flight)."""
 
     @abstractmethod

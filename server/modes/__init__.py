@@ -10,11 +10,13 @@ from typing import Callable
 
 from fedstream.server.core.round_mode import RoundMode
 from fedstream.server.modes.buffered_async import AsyncSettings, BufferedAsync
+from fedstream.server.modes.over_selection import OverSelection
 from fedstream.server.modes.sync_rounds import SyncRounds
 
 MODES: dict[str, Callable[..., RoundMode]] = {
     "sync": SyncRounds,
     "async": BufferedAsync,
+    "over-selection": OverSelection,
 }
 
 

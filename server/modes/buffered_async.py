@@ -190,7 +190,7 @@ class BufferedAsync(RoundMode):
             raise errors.aborted(f"client {client_id} already has an upload in flight")
         return ticket
 
-    def started(self, client_id: str, ticket: object, header: Any) -> None:
+    def upload_started(self, client_id: str, ticket: object, header: Any) -> None:
         self.uploading[client_id] = header.upload_id
 
     def accept(self, sink: UploadSink, update: SpooledUpdate) -> None:

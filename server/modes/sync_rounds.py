@@ -127,11 +127,15 @@ class SyncRounds(RoundMode):
         if missing:
             log.warning("resumed without %d client(s) of the previous run: %s", len(missing), ", ".join(sorted(missing)))
 
+    def round_done(self, rnd: RoundState) -> bool:
+        """When the open round may close before its deadline: every sampled client delivered or was dropped."""
+        return rnd.complete()
+
     def _wait_round(self, rnd: RoundState) -> None:
         core = self.core
         with core.cond:
-            core.wait_until(rnd.complete, rnd.deadline - time.monotonic())
-            if not rnd.complete() and not core.finished:
+            core.wait_until(lambda: self.round_done(rnd), rnd.deadline - time.monotonic())
+            if not self.round_done(rnd) and not core.finished:
                 for client in rnd.outstanding():
                     reason = f"round deadline of {core.config.round_timeout:.0f} s passed"
                     rnd.drop(client, reason)
@@ -203,7 +207,7 @@ class SyncRounds(RoundMode):
             raise errors.aborted(f"client {client_id} already has an upload in flight for round {rnd.number}")
         return rnd
 
-    def started(self, client_id: str, ticket: object, header: Any) -> None:
+    def upload_started(self, client_id: str, ticket: object, header: Any) -> None:
         rnd: RoundState = ticket  # type: ignore[assignment]
         rnd.uploading[client_id] = header.upload_id
         rnd.dropped.pop(client_id, None)
