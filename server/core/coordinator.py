@@ -125,8 +125,8 @@ class Coordinator:
                 "install a matching fedstream release")
         client_id = request.client_id
         if not CLIENT_ID.fullmatch(client_id):
-            raise errors.invalid(f"client_id {client_id[:40]!r} is not allowed: use 1 to 128 characters from "
-                                 "letters, digits and . _ @ : - (starting with a letter or digit)")
+            raise errors.invalid(f"client_id must be 1 to 128 characters from letters, digits and . _ @ : - "
+                                 f"(starting with a letter or digit); got {client_id[:40]!r}")
         if request.num_examples < 0:
             raise errors.invalid(f"num_examples must be >= 0, got {request.num_examples}")
         offered = list(request.codecs) or ["raw"]
