@@ -30,20 +30,22 @@ class Manifest(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("client_id", "protocol_version", "device", "codecs", "token", "num_examples")
+    __slots__ = ("client_id", "protocol_version", "device", "codecs", "token", "num_examples", "capabilities")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CODECS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     protocol_version: int
     device: str
     codecs: _containers.RepeatedScalarFieldContainer[str]
     token: str
     num_examples: int
-    def __init__(self, client_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., device: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., num_examples: _Optional[int] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., device: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., num_examples: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "protocol_version", "upload_codec", "heartbeat_seconds", "run_id", "chunk_bytes", "upload_admission")
@@ -97,30 +99,36 @@ class TrainConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "version", "config", "retry_after_ms", "message")
+    __slots__ = ("kind", "round", "version", "config", "retry_after_ms", "message", "phase", "payload")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
         TRAIN: _ClassVar[Task.Kind]
         EVALUATE: _ClassVar[Task.Kind]
         FINISH: _ClassVar[Task.Kind]
+        EXCHANGE: _ClassVar[Task.Kind]
     WAIT: Task.Kind
     TRAIN: Task.Kind
     EVALUATE: Task.Kind
     FINISH: Task.Kind
+    EXCHANGE: Task.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     version: int
     config: TrainConfig
     retry_after_ms: int
     message: str
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    phase: str
+    payload: bytes
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ..., phase: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("session_id", "version", "have_version")
@@ -165,7 +173,7 @@ class ModelChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[Trailer, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("session_id", "round", "base_version", "num_examples", "metrics", "manifest", "upload_id")
+    __slots__ = ("session_id", "round", "base_version", "num_examples", "metrics", "manifest", "upload_id", "aggregated_clients")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +188,7 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     base_version: int
@@ -187,7 +196,8 @@ class UpdateHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     manifest: Manifest
     upload_id: str
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    aggregated_clients: int
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., upload_id: _Optional[str] = ..., aggregated_clients: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data", "trailer")
@@ -267,3 +277,21 @@ class EvaluationReply(_message.Message):
     accepted: bool
     message: str
     def __init__(self, accepted: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("session_id", "round", "phase", "payload")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    phase: str
+    payload: bytes
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...

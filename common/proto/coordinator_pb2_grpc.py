@@ -5,7 +5,7 @@ import warnings
 
 from fedstream.common.proto import coordinator_pb2 as fedstream_dot_v1_dot_coordinator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -69,6 +69,11 @@ class CoordinatorStub:
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
                 _registered_method=True)
+        self.Exchange = channel.unary_unary(
+                '/fedstream.v1.Coordinator/Exchange',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.ExchangeReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -123,6 +128,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request, context):
+        """One protocol message of a multi-phase round (secure aggregation's keys, shares, unmasking material): the
+        client answers an EXCHANGE task's phase; the round mode reads the payload and replies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.FromString,
                     response_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.SerializeToString,
+            ),
+            'Exchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.ExchangeRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.ExchangeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class Coordinator:
             '/fedstream.v1.Coordinator/ReportEvaluation',
             fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
             fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/Exchange',
+            fedstream_dot_v1_dot_coordinator__pb2.ExchangeRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.ExchangeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -130,16 +130,19 @@ class Coordinator:
         if request.num_examples < 0:
             raise errors.invalid(f"num_examples must be >= 0, got {request.num_examples}")
         offered = list(request.codecs) or ["raw"]
-        if len(request.device) > 128 or len(offered) > 32:
-            raise errors.invalid(f"client {client_id}: device name ({len(request.device)} chars) or codec "
-                                 f"list ({len(offered)} entries) too long; at most 128 chars and 32 codecs")
+        capabilities = frozenset(getattr(request, "capabilities", ()))
+        if len(request.device) > 128 or len(offered) > 32 or len(capabilities) > 16:
+            raise errors.invalid(f"client {client_id}: device name ({len(request.device)} chars), codec list "
+                                 f"({len(offered)} entries) or capabilities ({len(capabilities)}) too long; at most "
+                                 "128 chars, 32 codecs and 16 capabilities")
         codec = self.config.upload_codec if self.config.upload_codec in offered else "raw"
         examples = self.bounds.joined_examples(client_id, int(request.num_examples))
         with self.cond:
             if self.sessions.by_client(client_id) is None and len(self.sessions) >= self.config.max_sessions:
                 raise errors.exhausted(f"client {client_id} cannot join: the server holds its limit of "
                                        f"{self.config.max_sessions} sessions (--max-sessions)")
-            session, previous = self.sessions.open(client_id, request.device[:128], offered, examples, codec)
+            session, previous = self.sessions.open(client_id, request.device[:128], offered, examples, codec,
+                                                   capabilities)
             if previous is not None:
                 self.mode.client_back(client_id)
             self.cond.notify_all()

@@ -18,6 +18,7 @@ class Session:
     joined_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     held_version: int = 0
+    capabilities: frozenset[str] = frozenset()
 
 
 class UnknownSession(LookupError):
@@ -32,12 +33,14 @@ class SessionRegistry:
         self._by_id: dict[str, Session] = {}
         self._by_client: dict[str, Session] = {}
 
-    def open(self, client_id: str, device: str, codecs: list[str], num_examples: int, upload_codec: str) -> tuple[Session, Session | None]:
+    def open(self, client_id: str, device: str, codecs: list[str], num_examples: int, upload_codec: str,
+             capabilities: frozenset[str] = frozenset()) -> tuple[Session, Session | None]:
         """A new session for client_id; returns it and the session it replaced, if any."""
         previous = self._by_client.pop(client_id, None)
         if previous is not None:
             self._by_id.pop(previous.session_id, None)
-        session = Session(secrets.token_hex(16), client_id, device, codecs, num_examples, upload_codec)
+        session = Session(secrets.token_hex(16), client_id, device, codecs, num_examples, upload_codec,
+                          capabilities=capabilities)
         self._by_id[session.session_id] = session
         self._by_client[client_id] = session
         return session, previous

@@ -15,7 +15,8 @@ def join_reply(result: JoinResult) -> pb.JoinReply:
 
 def task(assignment: Assignment) -> pb.Task:
     message = pb.Task(kind=int(assignment.kind), round=assignment.round, version=assignment.version,
-                      retry_after_ms=assignment.retry_after_ms, message=assignment.message)
+                      retry_after_ms=assignment.retry_after_ms, message=assignment.message,
+                      phase=assignment.phase, payload=assignment.payload)
     if assignment.config is not None:
         c = assignment.config
         message.config.CopyFrom(pb.TrainConfig(local_epochs=c.local_epochs, batch_size=c.batch_size,

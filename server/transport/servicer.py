@@ -146,6 +146,16 @@ class CoordinatorServicer:
         except errors.Refusal as refusal:
             await _abort(context, refusal)
 
+    async def Exchange(self, request: pb.ExchangeRequest, context: grpc.aio.ServicerContext) -> pb.ExchangeReply:
+        try:
+            self._bound(context, request.session_id)
+            payload = await self._offload(self.core.exchange, request.session_id, request.round, request.phase[:64],
+                                          request.payload)
+            return pb.ExchangeReply(payload=payload)
+        except errors.Refusal as refusal:
+            self.core.observer.refusal(refusal.code, refusal.message, None, rpc="Exchange")
+            await _abort(context, refusal)
+
     async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> None:
         try:
             self._bound(context, request.session_id)
@@ -302,6 +312,8 @@ def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
         "ReportEvaluation": grpc.unary_unary_rpc_method_handler(
             _checked(servicer.ReportEvaluation), _lenient(pb.EvaluationReport.FromString),
             pb.EvaluationReply.SerializeToString),
+        "Exchange": grpc.unary_unary_rpc_method_handler(
+            _checked(servicer.Exchange), _lenient(pb.ExchangeRequest.FromString), pb.ExchangeReply.SerializeToString),
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
             _checked(servicer.DownloadModel), _lenient(pb.DownloadRequest.FromString), serializer),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
