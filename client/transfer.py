@@ -15,6 +15,7 @@ from fedstream.client.device_copy import host_buffer
 from fedstream.common.wire.manifest import decode_state, encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.framing import Crc32, DataChunk, iter_chunks
+from fedstream.common.wire.protocol import SESSION_KEY
 
 
 class TransferError(Exception):
@@ -115,9 +116,10 @@ def upload(stub, session_id: str, round_number: int, base_version: int, delta: M
     header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
                              num_examples=num_examples, metrics=dict(metrics), manifest=manifest,
                              upload_id=upload_id or uuid.uuid4().hex)
+    metadata = ((SESSION_KEY, session_id),)
     if not admission:
-        return stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout), \
-            manifest.total_bytes
+        return stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout,
+                                 metadata=metadata), manifest.total_bytes
     started = threading.Event()
     calls: list = []
 
@@ -126,7 +128,7 @@ def upload(stub, session_id: str, round_number: int, base_version: int, delta: M
         calls[0].initial_metadata()
 
     call = stub.UploadUpdate.future(upload_messages(header, buffers, chunk_bytes, chunk_delay, admitted),
-                                    timeout=timeout)
+                                    timeout=timeout, metadata=metadata)
     calls.append(call)
     started.set()
     return call.result(), manifest.total_bytes

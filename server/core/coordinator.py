@@ -159,6 +159,10 @@ class Coordinator:
         except UnknownSession as exc:
             raise errors.unauthenticated(str(exc)) from None
 
+    def has_session(self, session_id: str) -> bool:
+        with self.cond:
+            return self.sessions.get(session_id) is not None
+
     def client_of(self, session_id: str) -> str:
         with self.cond:
             return self.session(session_id).client_id

@@ -52,6 +52,9 @@ class SessionRegistry:
         session.last_seen = time.monotonic()
         return session
 
+    def get(self, session_id: str) -> Session | None:
+        return self._by_id.get(session_id)
+
     def close(self, session_id: str) -> Session | None:
         session = self._by_id.pop(session_id, None)
         if session is not None:

@@ -8,6 +8,7 @@ keeps answering while a large model is folded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ import grpc
 
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.framing import DataChunk, deserializer, serializer
-from fedstream.common.wire.protocol import UPLOAD_ADMITTED_KEY
+from fedstream.common.wire.protocol import SESSION_KEY, UPLOAD_ADMITTED_KEY
 from fedstream.server.core import errors
 from fedstream.server.core.coordinator import Coordinator
 from fedstream.server.core.join_limit import peer_host
@@ -197,7 +198,7 @@ class CoordinatorServicer:
     async def UploadUpdate(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> pb.UploadReply:
         incoming = requests.__aiter__()
         try:
-            with self.limits.unauthenticated(peer_host(context.peer())):
+            with self._until_identified(context):
                 first = await asyncio.wait_for(_next(incoming), self.limits.header_seconds)
                 if not isinstance(first, pb.UpdateChunk) or first.WhichOneof("part") != "header":
                     what = first.error if isinstance(first, Malformed) else type(first).__name__
@@ -229,6 +230,14 @@ class CoordinatorServicer:
                                                    f"upload stream broke ({type(exc).__name__})"))
             raise
         return pb.UploadReply(accepted=True, message="update accepted")
+
+    def _until_identified(self, context: grpc.aio.ServicerContext):
+        """An upload whose metadata names a live session is a member's; any other counts as a stranger's call
+        (bounded per host and in all) until its header is checked."""
+        session = dict(context.invocation_metadata() or ()).get(SESSION_KEY, "")
+        if session and self.core.has_session(session):
+            return contextlib.nullcontext()
+        return self.limits.unauthenticated(peer_host(context.peer()))
 
     async def _receive(self, sink: UploadSink, incoming: AsyncIterator[Any],
                        context: grpc.aio.ServicerContext) -> pb.Trailer | None:
