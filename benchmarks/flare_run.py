@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fedstream_run import RunResult
 from flare_env import ensure_flare_env
+from flower_run import count_lines, process_trees
 from procstats import PortTraffic, TreeSampler
 
 APP_DIR = Path(__file__).resolve().parent / "flare_app"
@@ -112,7 +113,7 @@ def run_flare(workdir: Path, clients: int, params: str, rounds: int, timeout: fl
             sites.append(site)
             sampler.watch(site.pid, f"client-{i - 1}")
         _wait_registered(run_dir / "server.log", clients, server)
-        traffic.only_from(lambda pid: any(pid in tree for tree in _trees([s.pid for s in sites])))
+        traffic.only_from(lambda pid: any(pid in tree for tree in process_trees([s.pid for s in sites])))
         traffic.start()
         done = subprocess.run([str(bin_dir / "python"), str(APP_DIR / "job.py"), "--admin-kit",
                                str(kits / "admin@nvidia.com"), "--clients", str(clients), "--params", params,
@@ -120,8 +121,8 @@ def run_flare(workdir: Path, clients: int, params: str, rounds: int, timeout: fl
                                str(run_dir / "jobs"), "--timeout", str(timeout)],
                               env=env, cwd=run_dir, capture_output=True, text=True, timeout=timeout + 120)
         (run_dir / "job.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0 or _count_lines(timing) < rounds:
-            raise RuntimeError(f"FLARE finished {_count_lines(timing)} of {rounds} rounds (job.py exit "
+        if done.returncode != 0 or count_lines(timing) < rounds:
+            raise RuntimeError(f"FLARE finished {count_lines(timing)} of {rounds} rounds (job.py exit "
                                f"{done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
         time.sleep(1.0)
         sent, received, unattributed = traffic.stop()
@@ -149,7 +150,7 @@ def run_flare(workdir: Path, clients: int, params: str, rounds: int, timeout: fl
 def _stop(procs: list[subprocess.Popen]) -> None:
     """Terminates each FLARE process with its job processes (children it spawned per job), then waits."""
     for proc in reversed(procs):
-        for pid in [*_trees([proc.pid])[0] - {proc.pid}, proc.pid]:
+        for pid in [*process_trees([proc.pid])[0] - {proc.pid}, proc.pid]:
             try:
                 os.kill(pid, 15)
             except OSError:
@@ -160,23 +161,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _trees(roots: list[int]) -> list[set[int]]:
-    import psutil
-
-    out = []
-    for root in roots:
-        try:
-            proc = psutil.Process(root)
-            out.append({root, *(c.pid for c in proc.children(recursive=True))})
-        except psutil.Error:
-            out.append({root})
-    return out
-
-
-def _count_lines(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
 def _mb(named: dict[str, int]) -> str:
