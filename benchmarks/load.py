@@ -121,6 +121,7 @@ class LoadResult:
     server_peak_rss: int = 0
     heartbeats: int = 0
     heartbeat_failures: int = 0
+    heartbeat_errors: list[str] = field(default_factory=list)
     heartbeat_p50: float = float("nan")
     heartbeat_p99: float = float("nan")
     heartbeat_max: float = float("nan")
@@ -254,6 +255,7 @@ def _summarise(result: LoadResult, args: argparse.Namespace, n: int, clients: li
         beats = probe.get("heartbeats", [])
         answered = [seconds for _, seconds, error in beats if not error]
         result.heartbeats, result.heartbeat_failures = len(beats), len(beats) - len(answered)
+        result.heartbeat_errors = sorted({error for _, _, error in beats if error})[:5]
         result.heartbeat_p50, result.heartbeat_p99 = percentile(answered, 50), percentile(answered, 99)
         result.heartbeat_max = max(answered, default=float("nan"))
         start, end = window
@@ -288,7 +290,8 @@ def table(results: list[LoadResult]) -> str:
             f"| {r.clients:,} | {served} | {len(r.lost_rounds)} | {_ms(r.join_p50)} | {_ms(r.join_p99)} | "
             f"{median:.2f} ({rounds}) | {r.cpu_ms_per_client_round:.2f} | "
             f"{r.rss_per_idle_client / 1e3:,.1f} KB | {r.server_peak_rss / 2**20:,.0f} MiB | {_ms(r.heartbeat_p50)} | "
-            f"{_ms(r.heartbeat_p99)} | {_ms(r.heartbeat_max)} ({_ms(r.heartbeat_max_during_rounds)}) | "
+            f"{_ms(r.heartbeat_p99)} | {_ms(r.heartbeat_max)} ({_ms(r.heartbeat_max_during_rounds)})"
+            f"{f', {r.heartbeat_failures} of {r.heartbeats} failed' if r.heartbeat_failures else ''} | "
             f"{'nothing lost' if r.ok else 'FAILED: ' + r.failure} |")
     return "\n".join(lines)
 
@@ -341,6 +344,8 @@ def main() -> int:
     for r in results:
         if r.errors:
             print(f"{r.clients} clients, first errors:", *r.errors[:5], sep="\n  ")
+        if r.heartbeat_errors:
+            print(f"{r.clients} clients, failed heartbeats:", *r.heartbeat_errors, sep="\n  ")
     if args.json:
         args.json.write_text(json.dumps({"command": command, "machine": machine_summary(),
                                          "results": [asdict(r) for r in results]}, indent=1))

@@ -242,6 +242,8 @@ def probe_main(args: argparse.Namespace) -> int:
             while True:
                 task = rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=5000), timeout=RPC_TIMEOUT)
                 if task.kind == pb.Task.FINISH:
+                    timer.halt.set()
+                    timer.join(timeout=15)  # its last heartbeat before Leave, so none meets a closed session
                     rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
                     break
                 if task.kind != pb.Task.TRAIN:

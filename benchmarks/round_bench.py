@@ -131,7 +131,7 @@ def row(r: RunResult, rounds: int, baseline: dict[int, RunResult] | None = None)
     client_peak = max(r.client_peaks) if r.client_peaks else 0
     return (f"| {r.system} | {r.clients} | {sec:.2f} | {wall:.2f} | {rate:,.0f} | {_mb(r.server_peak)} | "
             f"{_mb(client_peak)} | {_mb(r.wire_total / max(rounds, 1)) if r.wire_total >= 0 else 'n/a (no ss)'} | "
-            f"{cpu:.2f} |" + (f" {ratio(r, baseline)} |" if baseline is not None else ""))
+            f"{cpu:.2f} |".replace("nan |", "n/a |") + (f" {ratio(r, baseline)} |" if baseline is not None else ""))
 
 
 def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int], model_bytes: int, rounds: int,
