@@ -1,4 +1,4 @@
-"""The round benchmark still runs end to end (fedstream only, a tiny model): it cannot silently rot."""
+"""The benchmarks still run end to end (fedstream only, tiny models, a git-revision baseline, a small load run): they cannot silently rot."""
 
 import json
 import re
