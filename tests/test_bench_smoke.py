@@ -1,4 +1,5 @@
-"""The benchmarks still run end to end (fedstream only, tiny models, a git-revision baseline, a small load run): they cannot silently rot."""
+"""The benchmarks still run end to end (fedstream only, tiny models, a git-revision baseline, a small load
+run): they cannot silently rot."""
 
 import json
 import re
