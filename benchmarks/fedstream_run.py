@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -84,9 +85,12 @@ class _MetricsWatcher(threading.Thread):
 
 def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: int = 0,
                   extra_server: list[str] | None = None, env: dict[str, str] | None = None,
-                  timeout: float = 900.0, client_device: str = "cpu") -> RunResult:
-    """Runs one federation to the end and returns its measurements; raises with the logs when it fails."""
-    run_dir = workdir / f"fedstream-{clients}c"
+                  timeout: float = 900.0, client_device: str = "cpu", system: str = "fedstream") -> RunResult:
+    """Runs one federation to the end and returns its measurements; raises with the logs when it fails.
+
+    system names the row (a baseline revision passes its label and, in env, the PYTHONPATH that imports it).
+    """
+    run_dir = workdir / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', system)}-{clients}c"
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in run_dir.glob("**/*"):
         if old.is_file():
@@ -119,7 +123,7 @@ def run_fedstream(workdir: Path, clients: int, params: str, rounds: int, steps: 
                              "--device", client_device, "--connect-timeout", "120", "--log-level", "INFO", "--insecure", *task],
                 stdout=log, stderr=subprocess.STDOUT, env=environment))
     watcher.pids = [server.pid] + [p.pid for p in procs]
-    result = RunResult("fedstream", clients)
+    result = RunResult(system, clients)
     try:
         ended = wait_peak(server, timeout)
         result.server_peak, result.cpu_seconds = ended.peak_rss, ended.cpu_seconds

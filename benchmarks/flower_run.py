@@ -82,7 +82,7 @@ def run_flower(workdir: Path, clients: int, params: str, rounds: int, timeout: f
             procs.append(node)
             nodes.append(node)
             sampler.watch(node.pid, f"client-{i}")
-        traffic.only_from(lambda pid: any(pid in tree for tree in _trees([n.pid for n in nodes])))
+        traffic.only_from(lambda pid: any(pid in tree for tree in process_trees([n.pid for n in nodes])))
         traffic.start()
         config = (f"num-server-rounds={rounds} num-clients={clients} params='{params}' "
                   f"timing-file='{timing}'")
@@ -90,10 +90,10 @@ def run_flower(workdir: Path, clients: int, params: str, rounds: int, timeout: f
                                config], env=env, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
         (run_dir / "flwr-run.log").write_text(done.stdout + done.stderr)
         deadline = time.monotonic() + 60
-        while _count_lines(timing) < rounds and time.monotonic() < deadline:
+        while count_lines(timing) < rounds and time.monotonic() < deadline:
             time.sleep(0.5)
-        if _count_lines(timing) < rounds:
-            raise RuntimeError(f"Flower finished {_count_lines(timing)} of {rounds} rounds; flwr run said:\n"
+        if count_lines(timing) < rounds:
+            raise RuntimeError(f"Flower finished {count_lines(timing)} of {rounds} rounds; flwr run said:\n"
                                f"{(done.stdout + done.stderr)[-3000:]}")
         time.sleep(1.0)
         sent, received, unattributed = traffic.stop()
@@ -129,7 +129,8 @@ def run_flower(workdir: Path, clients: int, params: str, rounds: int, timeout: f
     return result
 
 
-def _trees(roots: list[int]) -> list[set[int]]:
+def process_trees(roots: list[int]) -> list[set[int]]:
+    """Each root's pid with its live descendants' pids (the root alone when it is gone)."""
     import psutil
 
     out = []
@@ -142,7 +143,8 @@ def _trees(roots: list[int]) -> list[set[int]]:
     return out
 
 
-def _count_lines(path: Path) -> int:
+def count_lines(path: Path) -> int:
+    """Non-empty lines of a JSON-lines file, 0 before it exists."""
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 

@@ -54,6 +54,16 @@ def wait_peak(process: subprocess.Popen, timeout: float) -> Exit:
         time.sleep(0.05)
 
 
+def python_program(args: list[str]) -> str:
+    """What a python process runs: the module after -m (its last part), else the script's file name."""
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1].rsplit(".", 1)[-1]
+        if not arg.startswith("-"):
+            return os.path.basename(arg)
+    return "python"
+
+
 @dataclass
 class TreePeaks:
     """Per-process peaks of every process seen in some process trees, grouped by a label per tree."""
@@ -118,7 +128,7 @@ class TreeSampler(threading.Thread):
                 r = self.result
                 name = os.path.basename(cmd[0]) if cmd else proc.name()
                 if len(cmd) > 1 and name.startswith("python"):
-                    name = os.path.basename(cmd[1])
+                    name = python_program(cmd[1:])
                 r.names[proc.pid] = name
                 r.groups[proc.pid] = label
                 r.peaks[proc.pid] = max(r.peaks.get(proc.pid, 0), peak)

@@ -6,8 +6,16 @@ aggregating them. Everything in one table is measured in this one run.
 
     python benchmarks/round_bench.py --clients 1,4,8,16 --params 25M --rounds 3
 
-Flower runs in its own virtualenv (benchmarks/.envs/flower, created on first use) in its real deployment mode.
-`--systems fedstream` skips Flower and the floor (the smoke test uses that).
+Flower and NVIDIA FLARE run in their own virtualenvs (benchmarks/.envs/flower and benchmarks/.envs/flare, created
+on first use) as real processes: Flower in its deployment mode, FLARE in its POC mode. `--systems fedstream` skips
+the peers and the floor (the smoke test uses that).
+
+`--baseline REV` (a commit id, branch or HEAD~1) adds `fedstream@REV`: that revision exported with git archive
+into benchmarks/.envs/rev-<sha>/ and run through a PYTHONPATH shim on the same interpreter, right beside the
+working tree's run at every client count, so the `vs REV` column is a same-run ratio of median round seconds.
+
+    python benchmarks/round_bench.py --clients 4,8 --params 25M --rounds 5 --baseline HEAD~1 \
+        --systems grpc,fedstream,flower,flare
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ sys.path.insert(0, str(HERE))
 from fedstream_run import RunResult, run_fedstream  # noqa: E402
 from grpc_floor import Floor, measure_elsewhere  # noqa: E402
 from procstats import machine_summary, vm_hwm, wait_peak  # noqa: E402
+from revision import Revision, prepare_revision  # noqa: E402
 
 FLOWER_BYTES_PER_CLIENT = 1.8e9
 FLOWER_FIXED_BYTES = 3.5e9
+SYSTEMS = ("grpc", "fedstream", "flower", "flare")
+FLARE_LABEL = "FLARE 2.9"
 
 
 def parse_clients(text: str) -> list[int]:
@@ -105,33 +116,59 @@ def _mb(value: float) -> str:
     return f"{value / 1e6:,.0f} MB"
 
 
-def row(r: RunResult, rounds: int) -> str:
+def ratio(r: RunResult, baseline: dict[int, RunResult]) -> str:
+    """This row's median round seconds over the baseline revision's at the same client count."""
+    base = baseline.get(r.clients)
+    if base is None or not base.round_seconds or not r.round_seconds:
+        return "n/a"
+    return f"{median(r.round_seconds) / median(base.round_seconds):.2f}"
+
+
+def row(r: RunResult, rounds: int, baseline: dict[int, RunResult] | None = None) -> str:
     sec, wall = median(r.round_seconds), median(r.wall_seconds)
     rate = r.model_bytes / sec / 1e6 if sec == sec and sec > 0 else float("nan")
     cpu = median([sum(c) for c in r.cpu_per_round]) if r.cpu_per_round else float("nan")
     client_peak = max(r.client_peaks) if r.client_peaks else 0
     return (f"| {r.system} | {r.clients} | {sec:.2f} | {wall:.2f} | {rate:,.0f} | {_mb(r.server_peak)} | "
             f"{_mb(client_peak)} | {_mb(r.wire_total / max(rounds, 1)) if r.wire_total >= 0 else 'n/a (no ss)'} | "
-            f"{cpu:.2f} |")
+            f"{cpu:.2f} |".replace("nan |", "n/a |") + (f" {ratio(r, baseline)} |" if baseline is not None else ""))
 
 
 def report(results: list[RunResult], floor: Floor | None, bases: tuple[int, int], model_bytes: int, rounds: int,
-           beside: dict[int, Floor] | None = None) -> str:
-    """beside: the floor measured again right before each fedstream run (the machine's speed drifts)."""
-    lines = ["| system | clients | round s (median) | wall s/round (median) | MB/s model data | server peak RSS | "
-             "client peak RSS (max) | wire MB/round | CPU s/round |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [row(r, rounds) for r in results]
+           beside: dict[int, Floor] | None = None, revision: Revision | None = None) -> str:
+    """beside: the floor measured again right before each fedstream run (the machine's speed drifts);
+    revision: the baseline, whose rows give the ratio column."""
+    baseline = {r.clients: r for r in results if revision and r.system == revision.label} if revision else None
+    head = ("| system | clients | round s (median) | wall s/round (median) | MB/s model data | server peak RSS | "
+            "client peak RSS (max) | wire MB/round | CPU s/round |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if revision:
+        head, rule = head + f" vs {revision.rev} (round s ratio) |", rule + "---|"
+    lines = [head, rule] + [row(r, rounds, baseline) for r in results]
     out = ["\n".join(lines), ""]
+    if revision:
+        out.append(f"baseline {revision.label} = {revision.sha[:12]} ({revision.subject}), run from "
+                   f"{revision.pythonpath.parent / 'src'} beside the working tree at each client count")
+        for n, base in sorted(baseline.items()):
+            current = next((r for r in results if r.system == "fedstream" and r.clients == n), None)
+            if current is not None:
+                change = median(current.round_seconds) / median(base.round_seconds) - 1
+                out.append(f"fedstream vs {revision.label} at {n} clients: {100 * change:+.1f}% round time "
+                           f"({median(current.round_seconds):.2f} s vs {median(base.round_seconds):.2f} s; "
+                           f"{'within' if change <= 0.10 else 'OVER'} the 10% allowance)")
     if floor is not None:
         out.append(f"raw gRPC floor (bare grpcio, 2 processes, same bytes): {floor.row()}")
     by_system: dict[str, dict[int, RunResult]] = {}
     for r in results:
         by_system.setdefault(r.system, {})[r.clients] = r
-    fed, flower = by_system.get("fedstream", {}), by_system.get("Flower 1.42", {})
-    for n in sorted(set(fed) & set(flower)):
-        a, b = fed[n], flower[n]
-        out.append(f"speed-up at {n} clients: {median(b.round_seconds) / median(a.round_seconds):.1f}x per round "
-                   f"(round seconds), {median(b.wall_seconds) / median(a.wall_seconds):.1f}x (wall time per round)")
+    fed = by_system.get("fedstream", {})
+    for peer in ("Flower 1.42", FLARE_LABEL):
+        other = by_system.get(peer, {})
+        for n in sorted(set(fed) & set(other)):
+            a, b = fed[n], other[n]
+            out.append(f"speed-up over {peer} at {n} clients: {median(b.round_seconds) / median(a.round_seconds):.1f}x "
+                       f"per round (round seconds), {median(b.wall_seconds) / median(a.wall_seconds):.1f}x "
+                       "(wall time per round)")
     if floor is not None:
         for n, r in sorted(fed.items()):
             rate = r.model_bytes / median(r.round_seconds) / 1e9
@@ -171,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="25M")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--systems", default="grpc,fedstream,flower",
-                        help="comma-separated subset of grpc (the floor), fedstream, flower")
+                        help="comma-separated subset of grpc (the floor), fedstream, flower, flare (NVIDIA FLARE 2.9)")
+    parser.add_argument("--flare-clients", type=parse_clients, default=None,
+                        help="client counts for FLARE (default: those of --clients up to 8)")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also run this git revision of fedstream (commit id, branch, HEAD~1) beside the working "
+                             "tree at every client count, as fedstream@REV, with a ratio column")
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--floor-reps", type=int, default=5)
     parser.add_argument("--client-device", default="cpu",
@@ -181,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="first rounds left out of the medians, for every system (default 1: the cold round)")
     args = parser.parse_args(argv)
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
-    unknown = systems - {"grpc", "fedstream", "flower"}
+    unknown = systems - set(SYSTEMS)
     if unknown:
-        parser.error(f"--systems: unknown {sorted(unknown)}; choose from grpc, fedstream, flower")
+        parser.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    revision = None
+    if args.baseline:
+        try:
+            revision = prepare_revision(args.baseline)
+        except ValueError as exc:
+            parser.error(str(exc))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = args.workdir / f"round-bench-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -200,15 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"floor: {floor.row()}", flush=True)
     beside: dict[int, Floor] = {}
     if "fedstream" in systems:
-        for n in args.clients:
+        for i, n in enumerate(args.clients):
             if floor is not None:
                 beside[n] = measure_elsewhere(model_bytes, 1 << 20, args.floor_reps)
                 print(f"floor before fedstream with {n} clients: {beside[n].row()}", flush=True)
-            started = time.monotonic()
-            r = run_fedstream(workdir, n, args.params, args.rounds, client_device=args.client_device)
-            results.append(r)
-            print(f"fedstream {n} clients done in {time.monotonic() - started:.0f} s: "
-                  f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
+            pair = [("fedstream", None)]
+            if revision is not None:
+                pair.append((revision.label, {"PYTHONPATH": str(revision.pythonpath)}))
+                if i % 2 == 1:
+                    pair.reverse()  # alternate who goes first, so a drifting machine favours neither
+            for system, env in pair:
+                started = time.monotonic()
+                r = run_fedstream(workdir, n, args.params, args.rounds, client_device=args.client_device,
+                                  system=system, env=env)
+                results.append(r)
+                print(f"{system} {n} clients done in {time.monotonic() - started:.0f} s: "
+                      f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
     if "flower" in systems:
         from flower_run import run_flower
 
@@ -224,7 +279,20 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f"Flower {n} clients done in {time.monotonic() - started:.0f} s: "
                   f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
-    text = report([warm(r, args.warmup) for r in results], floor, bases, model_bytes, args.rounds, beside)
+    if "flare" in systems:
+        from flare_run import run_flare
+
+        for n in args.flare_clients or [c for c in args.clients if c <= 8]:
+            started = time.monotonic()
+            try:
+                r = run_flare(workdir, n, args.params, args.rounds)
+            except RuntimeError as exc:
+                print(f"FLARE with {n} clients failed: {exc}", flush=True)
+                continue
+            results.append(r)
+            print(f"FLARE {n} clients done in {time.monotonic() - started:.0f} s: "
+                  f"{row(warm(r, args.warmup), args.rounds)}; every round (s): {r.round_seconds}", flush=True)
+    text = report([warm(r, args.warmup) for r in results], floor, bases, model_bytes, args.rounds, beside, revision)
     if args.warmup:
         text += f"\nmedians leave out the first {args.warmup} round(s) of every run (every round is in results.json)"
     own = vm_hwm(os.getpid())
@@ -235,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "report.md").write_text("\n".join(header) + "\n\n" + text + "\n")
     (workdir / "results.json").write_text(json.dumps(
         {"command": command, "machine": machine_summary(), "model_bytes": model_bytes, "base_rss": bases,
-         "floor": asdict(floor) if floor else None, "floor_before_run": {n: asdict(f) for n, f in beside.items()},
+         "floor": asdict(floor) if floor else None,
+         "baseline": asdict(revision) | {"pythonpath": str(revision.pythonpath)} if revision else None, "floor_before_run": {n: asdict(f) for n, f in beside.items()},
          "runs": [asdict(r) for r in results]}, indent=1))
     print(f"\nraw results: {workdir}")
     return 0

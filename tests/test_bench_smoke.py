@@ -1,5 +1,7 @@
-"""The round benchmark still runs end to end (fedstream only, a tiny model): it cannot silently rot."""
+"""The benchmarks still run end to end (fedstream only, tiny models, a git-revision baseline, a small load
+run): they cannot silently rot."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -30,3 +32,39 @@ def test_round_bench_runs_fedstream_and_prints_its_table(tmp_path: Path) -> None
     if shutil.which("ss"):
         assert wire >= model_mb * 0.95, f"bytes on the wire ({wire} MB) below the model data moved"
     assert list(tmp_path.glob("round-bench-*/results.json")), "no raw results written"
+
+
+def test_round_bench_baseline_runs_a_git_revision_beside_the_working_tree(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "round_bench.py"), "--systems", "fedstream", "--clients", "1",
+         "--params", "2M", "--rounds", "2", "--baseline", "HEAD", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    header = re.search(r"^\| system \|.*\| vs HEAD \(round s ratio\) \|$", done.stdout, re.MULTILINE)
+    assert header, done.stdout
+    rows = dict(re.findall(r"^\| (fedstream(?:@HEAD)?) \| 1 \|.*\| ([\d.]+) \|$", done.stdout, re.MULTILINE))
+    assert set(rows) == {"fedstream", "fedstream@HEAD"}, done.stdout
+    assert float(rows["fedstream@HEAD"]) == 1.0 and float(rows["fedstream"]) > 0
+    assert re.search(r"^fedstream vs fedstream@HEAD at 1 clients: [+-][\d.]+% round time", done.stdout, re.MULTILINE)
+
+
+def test_round_bench_refuses_an_unknown_baseline_revision(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "round_bench.py"), "--systems", "fedstream", "--baseline",
+         "no-such-revision-xyz", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--baseline 'no-such-revision-xyz' is not a commit" in done.stderr
+
+
+def test_load_bench_serves_every_client_and_reports_its_measurements(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--clients", "20", "--rounds", "2", "--warmup", "1",
+         "--settle", "0.5", "--timeout", "150", "--json", str(out)], capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"^\| 20 \| 21/21 \| 0 \|.*\| nothing lost \|$", done.stdout, re.MULTILINE), done.stdout
+    [result] = json.loads(out.read_text())["results"]
+    assert result["ok"] and result["joined"] == 21 and result["served_per_round"] == [21, 21]
+    assert result["cpu_ms_per_client_round"] > 0 and result["rss_idle_joined"] > 0
+    assert result["heartbeats"] >= 5 and result["heartbeat_failures"] == 0
+    assert 0 < result["heartbeat_p50"] <= result["heartbeat_p99"] <= result["heartbeat_max"]
