@@ -88,6 +88,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-for-clients", type=positive_float, default=600.0)
     p.add_argument("--max-workers", type=positive_int, default=256, help="gRPC worker threads")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
+    p.add_argument("--health-address", type=host_port, default=None, metavar="HOST:PORT",
+                   help="also answer grpc.health.v1 Check here, in plaintext and nothing else, for probes that cannot "
+                        "present a client certificate (Kubernetes' grpc probe); off by default")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_server_security_flags(p)
 
@@ -218,7 +221,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           reproducible=args.reproducible)
     security = server_security(args, parser)
     coordinator = serve(task, strategy, config, args.address, max_workers=args.max_workers, port_file=args.port_file,
-                        coordinator_factory=factory, credentials=security.credentials, auth=security.auth)
+                        coordinator_factory=factory, credentials=security.credentials, auth=security.auth,
+                        health_address=args.health_address)
     records = coordinator.runlog.records()
     evaluated = [r for r in records if r.get("eval_accuracy") is not None]
     if evaluated:

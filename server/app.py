@@ -16,6 +16,7 @@ from fedstream.common.channel import GRPC_OPTIONS
 from fedstream.common.tasks import Task
 from fedstream.server.auth import Authenticator
 from fedstream.server.coordinator import Coordinator, ServerConfig
+from fedstream.server.health_port import serve_health
 from fedstream.server.progress import RoundProgress
 from fedstream.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedstream.server.strategies import Strategy
@@ -43,11 +44,12 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
           credentials: grpc.ServerCredentials | None = None, max_workers: int = 256,
           port_file: Path | None = None,
           coordinator_factory: Callable[..., Coordinator] = Coordinator,
-          auth: Authenticator | None = None) -> Coordinator:
+          auth: Authenticator | None = None, health_address: str | None = None) -> Coordinator:
     """Runs the whole federation and returns when the last round is done (or SIGTERM/SIGINT arrives).
 
     coordinator_factory(task, strategy, config, on_round=...) builds the coordinator: Coordinator for
-    synchronous rounds, server.fedbuff.async_coordinator(settings) for asynchronous mode.
+    synchronous rounds, server.fedbuff.async_coordinator(settings) for asynchronous mode. health_address, when
+    given, also serves the health status in plaintext there (server.health_port).
     """
     progress = RoundProgress(config.rounds)
     coordinator = coordinator_factory(task, strategy, config, on_round=progress.round_done)
@@ -55,6 +57,11 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
     server.start()
     host = address.rsplit(":", 1)[0]
     log.info("listening on %s:%d, run directory %s", host, port, config.run_dir)
+    health_server = None
+    if health_address is not None:
+        health_server, health_port = serve_health(health_servicer, health_address)
+        log.info("health checks (plaintext, grpc.health.v1 Check only) on %s:%d",
+                 health_address.rsplit(":", 1)[0], health_port)
     if port_file is not None:
         port_file.write_text(str(port))
 
@@ -80,5 +87,7 @@ def serve(task: Task, strategy: Strategy, config: ServerConfig, address: str,
     finally:
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=2.0).wait()
+        if health_server is not None:
+            health_server.stop(grace=None)
         coordinator.runlog.plot_in_child()
     return coordinator
