@@ -16,7 +16,8 @@ COPY server ./server
 COPY client ./client
 RUN pip install .
 
-RUN useradd --create-home fed && mkdir -p /runs /certs && chown fed /runs /certs
+# a new named volume takes the ownership of its mount point here, so `fed` can write the runs and certificates
+RUN useradd --create-home fed && mkdir -p /runs /certs /relay-certs && chown fed /runs /certs /relay-certs
 USER fed
 WORKDIR /home/fed
 ENTRYPOINT ["fedstream"]

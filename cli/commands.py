@@ -92,6 +92,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                    help="threads for byte work: spooling, checks, folds, encoding (default: 2 per CPU, at least 4); "
                         "calls themselves run on one event loop and hold no thread")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
+    p.add_argument("--health-address", type=host_port, default=None, metavar="HOST:PORT",
+                   help="also answer grpc.health.v1 Check here, in plaintext and nothing else, for probes that cannot "
+                        "present a client certificate (Kubernetes' grpc probe); off by default")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_server_security_flags(p)
 
@@ -218,7 +221,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         with progress:
             serve(coordinator, args.address, port_file=args.port_file, credentials=security.credentials,
-                  auth=security.auth, byte_workers=args.max_workers)
+                  auth=security.auth, byte_workers=args.max_workers, health_address=args.health_address)
     except NotEnoughClients as exc:
         print(f"fedstream server: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from fedstream.common.wire.channel import GRPC_OPTIONS
 from fedstream.server.core.coordinator import Coordinator, NotEnoughClients
 from fedstream.server.transport.auth import Authenticator
 from fedstream.server.transport.call_limits import CallLimits
+from fedstream.server.transport.health_port import serve_health
 from fedstream.server.transport.servicer import SERVICE, CoordinatorServicer, generic_handler
 
 log = logging.getLogger("fedstream.server")
@@ -77,23 +78,29 @@ async def stop_server(served: Served, grace: float) -> None:
 def serve(coordinator: Coordinator, address: str, credentials: grpc.ServerCredentials | None = None,
           port_file: Path | None = None, auth: Authenticator | None = None,
           on_start: Callable[[Served], Awaitable[Callable[[], Awaitable[None]] | None]] | None = None,
-          byte_workers: int | None = None) -> Coordinator:
+          byte_workers: int | None = None, health_address: str | None = None) -> Coordinator:
     """Runs the whole federation and returns when the last round is done (or SIGTERM/SIGINT arrives).
 
     on_start(served) runs on the server's loop once it listens (the dashboard starts there) and may return a
     coroutine function called at shutdown. Raises NotEnoughClients when the federation never gathered.
     """
-    return asyncio.run(_serve(coordinator, address, credentials, port_file, auth, on_start, byte_workers))
+    return asyncio.run(_serve(coordinator, address, credentials, port_file, auth, on_start, byte_workers,
+                              health_address))
 
 
 async def _serve(coordinator: Coordinator, address: str, credentials: grpc.ServerCredentials | None,
                  port_file: Path | None, auth: Authenticator | None,
                  on_start: Callable[[Served], Awaitable[Callable[[], Awaitable[None]] | None]] | None,
-                 byte_workers: int | None) -> Coordinator:
+                 byte_workers: int | None, health_address: str | None = None) -> Coordinator:
     loop = asyncio.get_running_loop()
     served = await build_server(coordinator, address, credentials, auth, byte_workers)
     host = address.rsplit(":", 1)[0]
     log.info("listening on %s:%d, run directory %s", host, served.port, coordinator.config.run_dir)
+    health_server = None
+    if health_address is not None:
+        health_server, health_port = await serve_health(served.health, health_address)
+        log.info("health checks (plaintext, grpc.health.v1 Check only) on %s:%d", health_address.rsplit(":", 1)[0],
+                 health_port)
     if port_file is not None:
         port_file.write_text(str(served.port))
     on_stop = await on_start(served) if on_start is not None else None
@@ -120,6 +127,8 @@ async def _serve(coordinator: Coordinator, address: str, credentials: grpc.Serve
         if on_stop is not None:
             await on_stop()
         await stop_server(served, grace=2.0)
+        if health_server is not None:
+            await health_server.stop(None)
         round_thread.shutdown(wait=False)
         coordinator.runlog.plot_in_child()
     return coordinator
