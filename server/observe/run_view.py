@@ -28,6 +28,7 @@ counts per state over every client, and the chart series thinned to at most `cha
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -37,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from fedstream.server.observe.metrics import Metrics
 
+log = logging.getLogger("fedstream.server")
 STATES = ("idle", "training", "uploading", "dropped", "left")
 CONNECTED_STATES = frozenset({"idle", "training", "uploading"})
 HEADER_KEYS = frozenset({"task", "mode", "strategy", "rounds", "round", "version", "epsilon", "delta", "dp",
@@ -121,6 +123,7 @@ class RunView:
         self._clients: OrderedDict[str, ClientRow] = OrderedDict()
         self._state_counts = {state: 0 for state in STATES}
         self._rounds: deque[dict] = deque(maxlen=max_rounds)
+        self._points: deque[dict] = deque(maxlen=max_rounds)
         self._events: deque[dict] = deque(maxlen=max_events)
         self._max_clients = max_clients
         self._client_rows = client_rows
@@ -216,18 +219,20 @@ class RunView:
         record = dict(record)
         safe = json_safe(record)
         with self._lock:
-            self._rounds.append(safe)
-            self._header_from_record(safe)
+            self._append_round(safe)
         self.metrics.rounds_completed.inc()
         self.metrics.observe_round(record)
         for sink in self._sinks:
-            sink.round_recorded(record)
+            try:
+                sink.round_recorded(record)
+            except Exception as exc:  # a full disk under TensorBoard files must not end the run
+                log.warning("round %s: %s could not record it: %s", record.get("round", record.get("version")),
+                            type(sink).__name__, exc)
 
     def rounds_restored(self, records: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
             for record in records:
-                self._rounds.append(json_safe(record))
-                self._header_from_record(self._rounds[-1])
+                self._append_round(json_safe(record))
             if self._rounds:
                 self._add_event("resume", f"resumed after round {self._rounds[-1].get('round', '?')}")
 
@@ -240,15 +245,15 @@ class RunView:
                 if len(rows) == self._client_rows:
                     break
                 rows.append(row.as_dict())
-            rounds = list(self._rounds)
+            recent = [self._rounds[-i] for i in range(1, min(10, len(self._rounds)) + 1)]
             counts = dict(self._state_counts)
             return {
                 "now": now,
                 "started": self._started,
                 "header": dict(self._header),
                 "totals": dict(self._totals),
-                "series": _thin([self._chart_point(r) for r in rounds], self._chart_points),
-                "recent_rounds": rounds[-10:][::-1],
+                "series": _thin(list(self._points), self._chart_points),
+                "recent_rounds": recent,
                 "clients": {"total": len(self._clients), "connected": sum(counts[s] for s in CONNECTED_STATES),
                             "counts": counts, "shown": len(rows), "order": "most recently seen first", "rows": rows},
                 "events": list(self._events)[::-1],
@@ -289,6 +294,11 @@ class RunView:
 
     def _add_event(self, kind: str, text: str) -> None:
         self._events.append({"time": self._clock(), "kind": _short(kind), "text": _short(text)})
+
+    def _append_round(self, record: dict) -> None:
+        self._rounds.append(record)
+        self._points.append(self._chart_point(record))
+        self._header_from_record(record)
 
     def _header_from_record(self, record: dict) -> None:
         for key in ("round", "version", "epsilon"):
