@@ -113,7 +113,8 @@ def run_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
               "with it HTTPS", file=sys.stderr)
         return 1
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        print(f"fedstream status: cannot reach the dashboard at {args.server} ({exc or type(exc).__name__}); "
+        cause = getattr(getattr(exc, "os_error", None), "strerror", None) or str(exc) or type(exc).__name__
+        print(f"fedstream status: cannot reach the dashboard at {args.server} ({cause}); "
               "use the dashboard address the server printed at start", file=sys.stderr)
         return 1
     print(json.dumps(run, indent=2) if args.json else describe(run))
