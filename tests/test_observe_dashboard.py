@@ -17,6 +17,7 @@ from fedstream.common.certs import make_federation_certs
 from fedstream.server.observe.access import (client_ssl_context, dashboard_token, dashboard_url, is_loopback,
                                              read_token, server_ssl_context)
 from fedstream.server.observe.dashboard import start_dashboard, stop_dashboard
+from fedstream.server.observe.launch import open_dashboard
 from fedstream.server.observe.run_view import RunView
 
 CLI = [sys.executable, "-m", "fedstream.cli"]
@@ -189,3 +190,46 @@ def test_status_command_over_https_with_a_token(certs: Path, tmp_path: Path) -> 
         assert code == 1 and f"cannot reach the dashboard at {address}" in err
 
     asyncio.run(main())
+
+
+def test_open_dashboard_from_flags(certs: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        view = scripted_view()
+        plain = await open_dashboard(view)
+        try:
+            assert plain.url == f"http://127.0.0.1:{plain.port}/" and plain.token is None
+        finally:
+            await plain.stop()
+        generated = await open_dashboard(view, "0.0.0.0:0", tls_dir=certs)
+        try:
+            assert generated.url == f"https://127.0.0.1:{generated.port}/?token={generated.token}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"https://127.0.0.1:{generated.port}/api/run", ssl=client_ssl_context(certs),
+                                    headers={"Authorization": f"Bearer {generated.token}"}) as r:
+                    assert r.status == 200
+        finally:
+            await generated.stop()
+        (tmp_path / "token").write_text(TOKEN)
+        from_file = await open_dashboard(view, "0.0.0.0:0", token_file=tmp_path / "token")
+        try:
+            assert from_file.token == TOKEN and "token=" not in from_file.url
+        finally:
+            await from_file.stop()
+        with pytest.raises(ValueError, match="expected HOST:PORT with a port 0-65535"):
+            await open_dashboard(view, "127.0.0.1:99999")
+
+    asyncio.run(main())
+
+
+def test_dashboard_flags() -> None:
+    import argparse
+
+    from fedstream.cli.dashboard_flags import add_dashboard_flags
+
+    parser = argparse.ArgumentParser()
+    add_dashboard_flags(parser)
+    args = parser.parse_args([])
+    assert (args.dashboard, args.no_dashboard, args.dashboard_token_file) == ("127.0.0.1:0", False, None)
+    assert parser.parse_args(["--dashboard", "[::1]:8081"]).dashboard == "[::1]:8081"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dashboard", "0.0.0.0:99999"])
