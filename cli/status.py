@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from fedstream.cli.options import host_port, positive_float
 from fedstream.server.observe.access import client_ssl_context, read_token
 
@@ -31,6 +29,8 @@ def status_parser(p: argparse.ArgumentParser) -> None:
 
 async def fetch_run(url: str, token: str | None, context: ssl.SSLContext | None, server_name: str | None,
                     timeout: float) -> dict[str, Any]:
+    import aiohttp  # here, not at module level: every `fedstream` command imports this module
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     extra: dict[str, Any] = {"ssl": context} if context is not None else {}
     if server_name and context is not None:
@@ -94,6 +94,8 @@ def describe(run: dict[str, Any]) -> str:
 
 
 def run_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import aiohttp
+
     scheme = "https" if args.tls_dir else "http"
     url = f"{scheme}://{args.server}/api/run"
     try:
