@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedstream.cli import certs, commands
+from fedstream.cli import certs, commands, status
 from fedstream.cli.options import parse_with_config
 from fedstream.client import simulation
 from fedstream.common.allocator import tune_malloc
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
     "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
     "simulate": (simulation.simulate_parser, simulation.run_simulate, "many clients in Ray actors against a server"),
+    "status": (status.status_parser, status.run_status, "print the state of a running server from its dashboard"),
 }
 
 
