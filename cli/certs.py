@@ -43,7 +43,8 @@ def run_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     print(f"CA          {issued.ca}  (keep {args.out / 'ca.key'} private: it signs new members)")
-    print(f"server      {issued.server[0]}  {issued.server[1]}  for {', '.join(issued.server_names)}{_kept(issued, issued.server[0])}")
+    names = ", ".join(issued.server_names)
+    print(f"server      {issued.server[0]}  {issued.server[1]}  for {names}{_kept(issued, issued.server[0])}")
     for cid, (cert, key) in issued.clients.items():
         print(f"client      {cert}  {key}{_kept(issued, cert)}")
     if args.tokens:

@@ -9,7 +9,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from fedstream.cli.options import host_port, key_value, naming_flag, non_negative_float, non_negative_int, positive_float, positive_int
+from fedstream.cli.options import (host_port, key_value, naming_flag, non_negative_float, non_negative_int, positive_float,
+                                   positive_int)
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
@@ -39,7 +40,8 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", type=host_port, default="0.0.0.0:8080",
                    help="HOST:PORT to listen on (0.0.0.0: every interface; port 0: a free port, see --port-file)")
     add_task_flags(p)
-    p.add_argument("--rounds", type=positive_int, default=10, help="rounds to run (versions to publish in --mode async)")
+    p.add_argument("--rounds", type=positive_int, default=10,
+                   help="rounds to run (versions to publish in --mode async)")
     p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="K clients sampled per round (0: all)")
     p.add_argument("--min-clients", type=positive_int, default=1, help="updates needed to close a round")
     p.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds before a round closes")

@@ -1,4 +1,4 @@
-"""What a new user reads: one-line flag errors, help for every flag with its default, messages that say what is wrong."""
+"""What a new user reads: one-line flag errors, help and a default for every flag, messages that say what is wrong."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def _error_lines(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[st
 @pytest.mark.parametrize("argv,words", [
     (["server", "--rounds", "zero"], ["--rounds", "positive integer", "see fedstream server --help"]),
     (["server", "--upload-codec", "gzip"], ["--upload-codec", "raw", "q8", "see fedstream server --help"]),
-    (["client", "--partition-scheme", "zipf"], ["--partition-scheme", "iid", "dirichlet", "see fedstream client --help"]),
+    (["client", "--partition-scheme", "zipf"], ["--partition-scheme", "iid", "dirichlet",
+                                                 "see fedstream client --help"]),
     (["demo", "--clients", "-1"], ["--clients", "positive integer", "see fedstream demo --help"]),
     (["certs", "--days", "0"], ["--days", "see fedstream certs --help"]),
     (["server", "--roundz", "3"], ["--roundz", "did you mean --rounds?", "see fedstream server --help"]),

@@ -44,7 +44,7 @@ class RoundProgress:
 
 
 def round_line(record: dict, total: int, width: int | None = None) -> str:
-    """One round's summary; with a width, the least telling fields go first until it fits (a terminal never wraps it)."""
+    """One round's summary; given a width, the least telling fields go first until it fits, so it never wraps."""
     evaluated = record.get("eval_accuracy") is not None
     fields = [(0, f"round {record['round']}/{total}"), (4, f"clients {record['clients']}/{record['selected']}"),
               (0, f"acc {record['eval_accuracy']:.4f}" if evaluated else "acc -")]
