@@ -7,12 +7,14 @@ import sys
 
 from fedstream.cli import certs, commands, status
 from fedstream.cli.options import parse_with_config
+from fedstream.cli.parser import DefaultsHelpFormatter, OneLineErrorParser
+from fedstream.cli.security import REQUIRED
 from fedstream.client import simulation
 from fedstream.common.allocator import tune_malloc
 
 SUBCOMMANDS = {
-    "server": (commands.server_parser, commands.run_server, "run the coordinator"),
-    "client": (commands.client_parser, commands.run_client, "run a training client"),
+    "server": (commands.server_parser, commands.run_server, f"run the coordinator ({REQUIRED})"),
+    "client": (commands.client_parser, commands.run_client, f"run a training client ({REQUIRED})"),
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
     "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
     "simulate": (simulation.simulate_parser, simulation.run_simulate, "many clients in Ray actors against a server"),
@@ -21,11 +23,11 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(prog="fedstream", description="Federated learning that streams deltas over gRPC.")
+    parser = OneLineErrorParser(prog="fedstream", description="Federated learning that streams deltas over gRPC.")
     sub = parser.add_subparsers(dest="command", required=True)
     children = {}
     for name, (build, _run, help_text) in SUBCOMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
+        child = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         build(child)
         children[name] = child
     return parser, children

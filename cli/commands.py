@@ -9,14 +9,20 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from fedstream.cli.options import host_port, key_value, non_negative_float, non_negative_int, positive_float, positive_int
+from fedstream.cli.options import (host_port, key_value, naming_flag, non_negative_float, non_negative_int, positive_float,
+                                   positive_int)
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
 from fedstream.server.modes import MODES as MODE_NAMES
 from fedstream.common.training.precision import AMP_CHOICES
-from fedstream.common.wire.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
+from fedstream.common.wording import plural
+from fedstream.common.wire.framing.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 from fedstream.server.aggregation.staleness import STALENESS
+
+
+STRATEGY_HELP = ("fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, median, trimmed-mean, krum, multi-krum, "
+                 "or package.module:Class")
 
 
 def default_run_dir() -> Path:
@@ -26,19 +32,24 @@ def default_run_dir() -> Path:
 def add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="digits", help="digits, synthetic, or package.module:make_task")
     p.add_argument("--task-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
-                   help="task option, repeatable (synthetic: params=25M steps=1)")
+                   help="task option, repeatable (digits: hidden, epochs, batch_size, lr; synthetic: params, "
+                        "steps, ...; see docs/tasks.md); unknown keys are refused")
 
 
 def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags")
-    p.add_argument("--address", type=host_port, default="0.0.0.0:8080")
+    p.add_argument("--address", type=host_port, default="0.0.0.0:8080",
+                   help="HOST:PORT to listen on (0.0.0.0: every interface; port 0: a free port, see --port-file)")
     add_task_flags(p)
-    p.add_argument("--rounds", type=positive_int, default=10)
+    p.add_argument("--rounds", type=positive_int, default=10,
+                   help="rounds to run (versions to publish in --mode async)")
     p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="K clients sampled per round (0: all)")
     p.add_argument("--min-clients", type=positive_int, default=1, help="updates needed to close a round")
     p.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds before a round closes")
-    p.add_argument("--strategy", default="fedavg")
-    p.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    p.add_argument("--strategy", default="fedavg", help=STRATEGY_HELP)
+    p.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="strategy setting, repeatable (fedprox: mu=0.01; fedavgm: momentum, server_lr; trimmed-mean: "
+                        "beta=0.2; krum: f; multi-krum: f, m); see docs/strategies.md")
     p.add_argument("--dp", choices=["central", "local"], default=None, help="client-level differential privacy")
     p.add_argument("--clip", default=None, help="DP: L2 norm C each client delta is clipped to, or 'adaptive' "
                    "(central only; default 1.0)")
@@ -50,10 +61,11 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                    help="central DP: initial_clip, target_quantile, clip_lr, count_stddev (adaptive clipping), "
                         "sample_rate, noise_seed")
     p.add_argument("--run-dir", type=Path, default=None, help="default runs/<timestamp>")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial model, client sampling and the clients' shuffling")
     p.add_argument("--local-epochs", type=positive_int, default=None, help="override the task's local epochs")
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--learning-rate", type=positive_float, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="override the task's local batch size")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="override the task's local learning rate")
     p.add_argument("--client-setting", action="append", default=[], metavar="CLIENT_ID:KEY=VALUE[,KEY=VALUE]",
                    help="per-client training settings, repeatable: local_epochs, batch_size, learning_rate, or "
                         "any task option (e.g. client-7:local_epochs=1,batch_size=16)")
@@ -74,8 +86,10 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-exponent", type=positive_float, default=0.5, help="async: a for --staleness poly")
     p.add_argument("--max-staleness", type=non_negative_int, default=10,
                    help="async: updates more versions old than this are refused")
-    p.add_argument("--upload-codec", choices=available_codecs(), default="raw")
-    p.add_argument("--download-codec", choices=available_codecs(), default="raw")
+    p.add_argument("--upload-codec", choices=available_codecs(), default="raw",
+                   help="how clients encode their deltas (see docs/compression.md)")
+    p.add_argument("--download-codec", choices=available_codecs(), default="raw",
+                   help="how the server encodes the global model for download")
     p.add_argument("--topk-fraction", type=positive_float, default=0.01,
                    help="share of each tensor the topk codec keeps (0.01: the 1%% largest magnitudes)")
     p.add_argument("--error-feedback", choices=["on", "off"], default="on",
@@ -85,9 +99,11 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune-schedule", default="", metavar="S,S,... | ROUND:S,...",
                    help="magnitude-prune the global model: 0.5,0.8,0.9 spreads the steps over the run; "
                         "2:0.5,4:0.8 prunes to 50%% after round 2, to 80%% after round 4")
-    p.add_argument("--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES)
+    p.add_argument("--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
+                   help="bytes of tensor data per streamed message")
     p.add_argument("--max-update-bytes", type=non_negative_int, default=0, help="cap on one upload (0: 2 × model)")
-    p.add_argument("--wait-for-clients", type=positive_float, default=600.0)
+    p.add_argument("--wait-for-clients", type=positive_float, default=600.0,
+                   help="seconds to wait for enough clients to connect before giving up")
     p.add_argument("--max-workers", type=positive_int, default=None,
                    help="threads for byte work: spooling, checks, folds, encoding (default: 2 per CPU, at least 4); "
                         "calls themselves run on one event loop and hold no thread")
@@ -95,21 +111,25 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-address", type=host_port, default=None, metavar="HOST:PORT",
                    help="also answer grpc.health.v1 Check here, in plaintext and nothing else, for probes that cannot "
                         "present a client certificate (Kubernetes' grpc probe); off by default")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
     add_server_security_flags(p)
 
 
 def client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags")
-    p.add_argument("--server", type=host_port, required=False, default="127.0.0.1:8080")
+    p.add_argument("--server", type=host_port, default="127.0.0.1:8080",
+                   help="HOST:PORT of the coordinator; HOST must be a name in its certificate, else see --server-name")
     add_task_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--partition", default="0/1", help="I/N: this client's share of the training data (I from 0)")
-    p.add_argument("--partition-scheme", choices=["iid", "dirichlet"], default="iid")
+    p.add_argument("--partition-scheme", choices=["iid", "dirichlet"], default="iid",
+                   help="iid: shuffled equal shares; dirichlet: label skew set by --alpha")
     p.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (label skew)")
-    p.add_argument("--partition-seed", type=int, default=0)
+    p.add_argument("--partition-seed", type=int, default=0,
+                   help="seed of the split; every client of a federation must use the same one")
     p.add_argument("--client-id", default=None, help="stable id (default client-I)")
-    p.add_argument("--local-epochs", type=non_negative_int, default=None)
+    p.add_argument("--local-epochs", type=non_negative_int, default=None,
+                   help="override the local epochs the server asks for")
     p.add_argument("--slowdown", type=positive_float, default=1.0, help="train this many times slower (experiments)")
     p.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--dp-sgd-noise", type=non_negative_float, default=0.0,
@@ -118,19 +138,23 @@ def client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-sgd-delta", type=positive_float, default=1e-5, help="DP-SGD: δ at which ε is reported")
     p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed-precision local training: bf16 (no loss scaling) or fp16 (with a gradient scaler)")
-    p.add_argument("--connect-timeout", type=positive_float, default=600.0)
+    p.add_argument("--connect-timeout", type=positive_float, default=600.0,
+                   help="seconds to keep retrying while the server is not reachable (it may start later)")
     p.add_argument("--save-updates", type=Path, default=None, help="also write each uploaded delta here (audits)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
     add_client_security_flags(p)
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clients", type=positive_int, default=4)
-    p.add_argument("--rounds", type=positive_int, default=10)
+    p.add_argument("--clients", type=positive_int, default=4,
+                   help="client processes to start (each trains 1/N of the data)")
+    p.add_argument("--rounds", type=positive_int, default=10, help="rounds to run")
     add_task_flags(p)
-    p.add_argument("--run-dir", type=Path, default=None)
-    p.add_argument("--strategy", default="fedavg")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where metrics, plot and model go (default runs/<timestamp>)")
+    p.add_argument("--strategy", default="fedavg", help=STRATEGY_HELP)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial model, client sampling and the clients' shuffling")
 
 
 def check_compression_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -177,7 +201,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             strategy = make_dp_strategy(strategy, args.dp, args.clip or "1.0", args.noise_multiplier, args.delta,
                                         args.target_epsilon, dict(args.dp_option))
         except ValueError as exc:
-            parser.error(f"--dp {args.dp}: {exc}")
+            parser.error(naming_flag(f"--dp {args.dp}", exc))
     elif args.clip is not None or args.target_epsilon is not None or args.dp_option:
         parser.error("--clip, --target-epsilon and --dp-option need --dp central or --dp local")
     try:
@@ -229,8 +253,9 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     evaluated = [r for r in records if r.get("eval_accuracy") is not None]
     if evaluated:
         last = evaluated[-1]
-        print(f"final accuracy {last['eval_accuracy']:.4f} after {records[-1]['round']} rounds (evaluated after "
-              f"round {last['round']}); run directory {run_dir}")
+        rounds = plural(records[-1]["round"], "round")
+        print(f"final accuracy {last['eval_accuracy']:.4f} after {rounds} (evaluated after round {last['round']}); "
+              f"run directory {run_dir}")
     if coordinator.strategy_stop:
         print(f"ended early: {coordinator.strategy_stop}")
     if coordinator.stopping:
@@ -294,8 +319,13 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(str(exc))
     import grpc
 
+    from fedstream.client.handshake import HandshakeFailed
+
     try:
         return client.run()
+    except HandshakeFailed as exc:
+        print(f"client {client_id}: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         print(f"client {client_id}: the server refused it: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -344,6 +374,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 130
     failed = [i for i, c in enumerate(clients) if c.returncode != 0]
     if failed:
-        print(f"client(s) {failed} exited with errors; logs in {logs}", file=sys.stderr)
+        print(f"{plural(len(failed), 'client')} ({', '.join(f'client-{i}' for i in failed)}) exited with errors; "
+              f"logs in {logs}", file=sys.stderr)
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plot: {run_dir / 'accuracy.png'}  model: {run_dir / 'model.safetensors'}")
     return code or (1 if failed else 0)

@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedstream.cli.parser import OneLineErrorParser
+
 
 def key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -15,10 +17,19 @@ def key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def naming_flag(flag: str, exc: Exception) -> str:
+    """The error's text led by the flag it is about, unless the text already starts with a flag."""
+    text = str(exc)
+    return text if text.startswith("--") else f"{flag}: {text}"
+
+
 def host_port(text: str) -> str:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} in {text!r} is out of range; ports go from 1 to 65535 "
+                                         "(0 lets the server pick a free one)")
     return text
 
 
@@ -90,7 +101,7 @@ def load_config(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Flags override the config file, which overrides the defaults."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineErrorParser(prog=parser.prog, add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:

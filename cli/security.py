@@ -14,10 +14,11 @@ from fedstream.server.core.join_limit import DEFAULT_RATE as DEFAULT_JOIN_RATE
 
 CHOOSE = ("choose --tls-dir DIR (certificates from `fedstream certs`) or --insecure (plaintext, for loopback or a "
           "network you trust)")
+REQUIRED = "one of --tls-dir or --insecure is required"
 
 
 def add_server_security_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("security and limits")
+    g = p.add_argument_group("security and limits", REQUIRED)
     g.add_argument("--tls-dir", type=Path, default=None,
                    help="serve TLS with ca.pem, server.pem, server.key from this directory; clients must present a "
                         "certificate signed by ca.pem naming their client id (mutual TLS)")
@@ -42,7 +43,7 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_client_security_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("security")
+    g = p.add_argument_group("security", REQUIRED)
     g.add_argument("--tls-dir", type=Path, default=None,
                    help="connect with TLS: reads ca.pem and this client's ID.pem/ID.key from this directory")
     g.add_argument("--server-name", default=None,
@@ -115,7 +116,7 @@ def client_security(args: argparse.Namespace, parser: argparse.ArgumentParser, c
                                                       " and the token travels unencrypted" if token else "")
         return ClientSecurity(None, None, token)
     try:
-        credentials = client_credentials(args.tls_dir, client_id)
+        credentials = client_credentials(args.tls_dir, client_id, require_certificate=not token)
     except ValueError as exc:
         parser.error(str(exc))
     return ClientSecurity(credentials, args.server_name, token)

@@ -10,9 +10,10 @@ from typing import Callable, TypeVar
 
 import grpc
 
-from fedstream.common.wire.channel import GRPC_OPTIONS
+from fedstream.client.handshake import HandshakeFailed
+from fedstream.common.wire.framing.channel import GRPC_OPTIONS
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire.framing import deserializer, serializer
+from fedstream.common.wire.framing.framing import deserializer, serializer
 
 SERVICE = "/fedstream.v1.Coordinator/"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -61,8 +62,13 @@ class Backoff:
         self.attempt = 0
 
 
-def with_retry(fn: Callable[[], T], what: str, give_up_after: float, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Calls fn until it succeeds or fails with a non-retryable status; waits with backoff in between."""
+def with_retry(fn: Callable[[], T], what: str, give_up_after: float, sleep: Callable[[float], None] = time.sleep,
+               diagnose: Callable[[str], str | None] | None = None) -> T:
+    """Calls fn until it succeeds or fails with a non-retryable status; waits with backoff in between.
+
+    diagnose reads an UNAVAILABLE's details: a message from it means retrying cannot help (a TLS handshake that
+    fails on a certificate), and HandshakeFailed carries that message at once.
+    """
     backoff = Backoff()
     deadline = time.monotonic() + give_up_after
     while True:
@@ -70,6 +76,9 @@ def with_retry(fn: Callable[[], T], what: str, give_up_after: float, sleep: Call
             return fn()
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
+            problem = diagnose(exc.details() or "") if diagnose and code == grpc.StatusCode.UNAVAILABLE else None
+            if problem:
+                raise HandshakeFailed(problem) from exc
             if code not in RETRYABLE or time.monotonic() >= deadline:
                 raise
             delay = backoff.next_delay()

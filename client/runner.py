@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
+from fedstream.client.handshake import diagnose_handshake
 from fedstream.client.device import resolve_device
 from fedstream.client.feedback import ErrorFeedback
 from fedstream.client.held_model import HeldModel, delta_from
@@ -31,7 +33,7 @@ from fedstream.common.codecs.plan import ERROR_FEEDBACK, INCREMENTAL, chooser, t
 from fedstream.common.training.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task, TrainSettings
-from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.framing.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000
@@ -100,8 +102,11 @@ class FederatedClient:
         request = pb.JoinRequest(client_id=self.config.client_id, protocol_version=PROTOCOL_VERSION,
                                  device=str(self.device), codecs=self.config.codecs, token=self.config.token,
                                  num_examples=len(self.data))
+        diagnose = None
+        if self.config.credentials is not None:
+            diagnose = partial(diagnose_handshake, target=self.config.server, server_name=self.config.server_name)
         self.session = with_retry(lambda: self.stub.Join(request, timeout=10), f"join as {self.config.client_id}",
-                                  self.config.connect_timeout)
+                                  self.config.connect_timeout, diagnose=diagnose)
         log.info("client=%s joined run %s (upload codec %s; training on %s, amp %s)", self.config.client_id,
                  self.session.run_id, self.session.upload_codec, self.device, self.config.amp)
         if self.session.chunk_bytes:

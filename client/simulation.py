@@ -139,13 +139,17 @@ def simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--server", type=host_port, default=None,
                    help="attach to this running server (default: start one on 127.0.0.1 with the flags below)")
-    p.add_argument("--task", default="digits")
-    p.add_argument("--task-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
-    p.add_argument("--partition-scheme", choices=["iid", "dirichlet"], default="iid")
-    p.add_argument("--alpha", type=positive_float, default=0.5)
-    p.add_argument("--local-epochs", type=non_negative_int, default=None)
+    p.add_argument("--task", default="digits", help="digits, synthetic, or package.module:make_task")
+    p.add_argument("--task-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="task option, repeatable (see docs/tasks.md)")
+    p.add_argument("--partition-scheme", choices=["iid", "dirichlet"], default="iid",
+                   help="iid: shuffled equal shares; dirichlet: label skew set by --alpha")
+    p.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (label skew)")
+    p.add_argument("--local-epochs", type=non_negative_int, default=None,
+                   help="override the local epochs the server asks for")
     p.add_argument("--tls-dir", type=Path, default=None, help="connect with TLS (per-client certificates sim-I.pem)")
-    p.add_argument("--server-name", default=None)
+    p.add_argument("--server-name", default=None,
+                   help="name in the server certificate, when it differs from the host in --server")
     p.add_argument("--insecure", action="store_true", help="connect in plaintext (implied for a server started here)")
     p.add_argument("--rounds", type=positive_int, default=3, help="server started here: rounds (versions in async)")
     p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="server started here: 0 means all")
@@ -155,7 +159,7 @@ def simulate_parser(p: argparse.ArgumentParser) -> None:
                    help="server started here: updates that close a round (default: every sampled client)")
     p.add_argument("--round-timeout", type=positive_float, default=300.0,
                    help="server started here: a round closes after this many seconds without its stragglers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="server started here: its --seed")
     p.add_argument("--run-dir", type=Path, default=None, help="server started here (default runs/sim-<timestamp>)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON summary (actors, clients, seconds) here")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],

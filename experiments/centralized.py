@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     history = train_centrally(load_task(args.task), args.epochs, args.seed)
-    print(f"centralised {args.task}: accuracy after {args.epochs} epochs {history[-1]:.4f} (best {max(history):.4f})")
+    best = max(range(len(history)), key=history.__getitem__)
+    print(f"centralised {args.task}: accuracy after epoch {args.epochs}: {history[-1]:.4f} "
+          f"(best {history[best]:.4f}, epoch {best + 1})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from torch import nn
 
 from torch.utils.data import TensorDataset
 
-from fedstream.common.tasks import Task, TrainSettings
+from fedstream.common.tasks import Task, TrainSettings, check_task_options
+from fedstream.common.tasks.digits import OPTIONS as DIGITS_OPTIONS
 from fedstream.common.tasks.digits import make_task as make_digits
 
 
@@ -35,10 +36,11 @@ class PacedModel(nn.Module):
 
 
 def make_task(options: dict[str, str]) -> Task:
+    check_task_options("digits-paced", options, {**DIGITS_OPTIONS, "step_ms": "milliseconds each training step takes"})
     step_seconds = float(options.get("step_ms", 40)) / 1000
     if step_seconds < 0:
         raise ValueError(f"step_ms must be >= 0, got {options['step_ms']}")
-    task = make_digits(options)
+    task = make_digits({k: v for k, v in options.items() if k != "step_ms"})
     make_inner = task.make_model
     warm = TensorDataset(*(t[:64] for t in task.train_data.tensors))
     task.train(make_inner(), warm, TrainSettings(local_epochs=1, batch_size=32), torch.device("cpu"),

@@ -142,3 +142,24 @@ def test_dockerfile_entry_point_is_the_installed_console_command() -> None:
     for folder in ("protos", "cli", "common", "server", "client"):
         assert f"COPY {folder} " in dockerfile and (ROOT / folder).is_dir()
     assert "chown fed /runs /certs /relay-certs" in dockerfile, "named volumes' mount points must belong to fed"
+
+
+def test_the_image_installs_the_cpu_torch_it_promises_before_fedstream() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    args = dict(re.findall(r'^ARG (\w+)="([^"]*)"', dockerfile, flags=re.M))
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu", "PyPI's Linux torch wheel is the CUDA build"
+    assert re.fullmatch(r"torch==[\d.]+", args["TORCH_SPEC"])
+    torch_line = next(line for line in dockerfile.splitlines() if "${TORCH_SPEC}" in line and line.startswith("RUN"))
+    assert '--index-url "${TORCH_INDEX}"' in torch_line
+    assert dockerfile.index(torch_line) < dockerfile.index("RUN pip install ."), \
+        "torch first, so `pip install .` finds it satisfied instead of fetching the CUDA wheel"
+    makefile_torch = re.search(r"^TORCH \?= (\S+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    assert makefile_torch == args["TORCH_SPEC"], "the image and `make env` test the same torch"
+
+
+def test_the_build_context_leaves_out_environments_runs_and_history() -> None:
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "runs", "benchmarks/.envs", "**/__pycache__"} <= ignored, ignored
+    copied = set(re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M))
+    assert not copied & ignored, f"the Dockerfile copies what .dockerignore leaves out: {copied & ignored}"

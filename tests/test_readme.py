@@ -71,3 +71,24 @@ def test_the_python_api_example_runs() -> None:
     exec(example, scope)
     assert torch.allclose(scope["avg"]["weight"], expected, atol=1e-6)
     assert float((model_a.weight == 0).float().mean()) >= 0.8 - 1e-6
+
+
+DOCS = [README, *sorted((README.parent / "docs").glob("*.md"))]
+
+
+def test_every_script_path_in_the_readme_and_docs_exists() -> None:
+    root = README.parent
+    for doc in DOCS:
+        text = doc.read_text()
+        for path in set(re.findall(r"\b((?:benchmarks|experiments|tests|docs)/[\w./-]+\.(?:py|md|sh))\b", text)):
+            assert (root / path).exists(), f"{doc.name} names {path}, which does not exist"
+        absolute = re.findall(r"(?<![\w.])/(?:work|home|root|tmp)/[\w./-]+", text)
+        assert not absolute, f"{doc.name} names a path on one machine: {absolute}"
+
+
+def test_the_across_machines_section_says_how_to_get_the_command_and_when_to_use_server_name() -> None:
+    section = README.read_text().split("## Running a federation across machines", 1)[1].split("\n## ", 1)[0]
+    assert "pip install ." in section and ".venv/bin/fedstream" in section
+    client_lines = [line for line in section.replace("\\\n", " ").splitlines() if line.startswith("fedstream client")]
+    assert any("--server-name" in line for line in client_lines), client_lines
+    assert "fedstream certs --out certs --clients" in section, "adding a client later is shown"

@@ -62,7 +62,7 @@ def test_client_with_its_certificate_joins_and_one_without_a_valid_certificate_i
     for name in ("client-0.pem", "client-0.key"):
         shutil.copy(other_pki / name, foreign / name)
     refused = {
-        "no certificate": client_credentials(ca_only, "client-0"),
+        "no certificate": client_credentials(ca_only, "client-0", require_certificate=False),
         "certificate from another CA": client_credentials(foreign, "client-0"),
     }
     for what, credentials in refused.items():
@@ -144,3 +144,4 @@ def test_cli_certs_then_mtls_federation_trains_and_refuses_impostors(tmp_path: P
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["accepted"] == ["client-0"]
     assert "--insecure" not in server.log()
+    assert "after 1 round (" in server.log(), "one round is singular in the final line"

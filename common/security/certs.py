@@ -2,7 +2,8 @@
 
 ECDSA P-256 keys (fast to make, supported by gRPC's TLS). Client certificates carry the client id as common name
 and, where it is a valid DNS name, as a subject alternative name too: the server binds the id a client claims to
-it. An existing CA in the output directory is reused, so clients can be added later without re-issuing the rest.
+it. An existing CA, server pair and client pairs in the output directory are kept, so clients can be added later
+without re-issuing the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -31,6 +33,9 @@ class Issued:
     ca: Path
     server: tuple[Path, Path]
     clients: dict[str, tuple[Path, Path]]
+    server_names: list[str]
+    kept: list[Path]
+    """Certificates that were already there and were left as they were."""
 
 
 def check_client_id(client_id: str) -> str:
@@ -119,25 +124,71 @@ def load_or_make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.Elliptic
     return cert, key
 
 
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The host names and addresses a certificate is valid for (its subject alternative names)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name.value) for name in sans]
+
+
+def _existing_pair(out: Path, stem: str, ca_cert: x509.Certificate) -> x509.Certificate | None:
+    """out/stem.pem when it and its key exist and the CA signed it; None when neither exists."""
+    cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
+    if not cert_path.exists() and not key_path.exists():
+        return None
+    if cert_path.exists() != key_path.exists():
+        raise ValueError(f"{out} holds only one of {cert_path.name} and {key_path.name}; remove it or supply both")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert if cert.issuer == ca_cert.subject and _signed_by(cert, ca_cert) else None
+
+
+def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def make_federation_certs(out: Path, server_names: list[str], client_ids: list[str], days: int = 365) -> Issued:
-    """Writes ca.pem (+ ca.key), server.pem/server.key for server_names, and ID.pem/ID.key per client id."""
-    if not server_names:
-        raise ValueError("at least one server name is needed (the host name or IP address clients dial)")
+    """Writes ca.pem (+ ca.key), server.pem/server.key for server_names, and ID.pem/ID.key per client id.
+
+    Run again on the same directory it adds what is missing and keeps the rest: the CA, a server pair that
+    already names server_names (or any server pair when server_names is empty), and existing clients' pairs.
+    """
     for cid in client_ids:
         check_client_id(cid)
         if cid in RESERVED:
             raise ValueError(f"client id {cid!r} would overwrite the federation's own {cid}.pem; choose another id")
+    if not server_names and not (out / "server.pem").exists():
+        raise ValueError(f"{out} has no server certificate yet: give --server-name, the host name or IP address "
+                         "clients dial (comma-separated for several)")
     out.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = load_or_make_ca(out, days)
-    server_key = _new_key()
-    server_cert = _issue(server_names[0], server_key, ca_cert, ca_key, server_names, ExtendedKeyUsageOID.SERVER_AUTH, days)
-    _write_key(out / "server.key", server_key)
-    _write_cert(out / "server.pem", server_cert)
+    kept: list[Path] = []
+    server = _existing_pair(out, "server", ca_cert)
+    if server is not None and (not server_names or set(server_names) == set(certificate_names(server))):
+        kept.append(out / "server.pem")
+        names = certificate_names(server)
+    else:
+        names = server_names or (certificate_names(server) if server is not None else [])
+        if not names:
+            raise ValueError(f"{out / 'server.pem'} was not signed by {out / 'ca.pem'}: give --server-name to "
+                             "issue a new server certificate")
+        server_key = _new_key()
+        server_cert = _issue(names[0], server_key, ca_cert, ca_key, names, ExtendedKeyUsageOID.SERVER_AUTH, days)
+        _write_key(out / "server.key", server_key)
+        _write_cert(out / "server.pem", server_cert)
     clients = {}
     for cid in client_ids:
-        key = _new_key()
-        cert = _issue(cid, key, ca_cert, ca_key, [cid], ExtendedKeyUsageOID.CLIENT_AUTH, days)
-        _write_key(out / f"{cid}.key", key)
-        _write_cert(out / f"{cid}.pem", cert)
+        if _existing_pair(out, cid, ca_cert) is not None:
+            kept.append(out / f"{cid}.pem")
+        else:
+            key = _new_key()
+            cert = _issue(cid, key, ca_cert, ca_key, [cid], ExtendedKeyUsageOID.CLIENT_AUTH, days)
+            _write_key(out / f"{cid}.key", key)
+            _write_cert(out / f"{cid}.pem", cert)
         clients[cid] = (out / f"{cid}.pem", out / f"{cid}.key")
-    return Issued(out / "ca.pem", (out / "server.pem", out / "server.key"), clients)
+    return Issued(out / "ca.pem", (out / "server.pem", out / "server.key"), clients, names, kept)

@@ -6,10 +6,11 @@ import importlib
 from typing import Callable
 
 from fedstream.common.tasks.base import Task, TrainSettings
+from fedstream.common.tasks.options import check_task_options
 
 BUILTIN = {"digits": "fedstream.common.tasks.digits:make_task", "synthetic": "fedstream.common.tasks.synthetic:make_task"}
 
-__all__ = ["Task", "TrainSettings", "load_task", "BUILTIN"]
+__all__ = ["Task", "TrainSettings", "load_task", "check_task_options", "BUILTIN"]
 
 
 def load_task(name: str, options: dict[str, str] | None = None) -> Task:

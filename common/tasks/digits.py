@@ -7,9 +7,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedstream.common.tasks.base import Task, TrainSettings
+from fedstream.common.tasks.options import check_task_options
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
+OPTIONS = {
+    "hidden": "width of the MLP's two hidden layers (default 128)",
+    "epochs": "local epochs per round (default 3)",
+    "batch_size": "local minibatch size (default 32)",
+    "lr": "local SGD learning rate, momentum 0.9 (default 0.05)",
+}
 
 
 def _model(hidden: int) -> nn.Module:
@@ -27,6 +34,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_task(options: dict[str, str]) -> Task:
+    check_task_options("digits", options, OPTIONS)
     hidden = int(options.get("hidden", 128))
     x, y = load_digits_tensors()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))

@@ -1,7 +1,6 @@
 """Random data and a model of a chosen size, for benchmarks where communication must dominate.
 
-Options: `params=25M` (model size; K, M, G suffixes), `steps=S` local SGD steps per round (0: no training),
-`width=W` hidden width (default 1024, or 4096 above 100M parameters), `samples=N` examples per client.
+Options: see OPTIONS below (and docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -11,9 +10,17 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedstream.common.tasks.base import Task, TrainSettings
+from fedstream.common.tasks.options import check_task_options
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 CLASSES = 10
+OPTIONS = {
+    "params": "model size in parameters, with an optional K, M or G suffix (default 1M)",
+    "steps": "local SGD steps per round; 0 for no training (default 1)",
+    "width": "hidden width (default 64; 1024 from 2M parameters; 4096 above 100M)",
+    "samples": "training examples per client (default 256)",
+    "data_seed": "seed of the random data (default 0)",
+}
 
 
 def parse_count(text: str) -> int:
@@ -45,6 +52,7 @@ class SyntheticMLP(nn.Module):
 
 
 def make_task(options: dict[str, str]) -> Task:
+    check_task_options("synthetic", options, OPTIONS)
     params = parse_count(options.get("params", "1M"))
     width = int(options.get("width", 4096 if params > 100_000_000 else (1024 if params >= 2_000_000 else 64)))
     steps = int(options.get("steps", 1))

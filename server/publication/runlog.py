@@ -60,30 +60,9 @@ class RunLog:
         records = [r for r in self.records() if r.get("eval_accuracy") is not None]
         if not records:
             return None
-        import matplotlib
+        from fedstream.server.publication.accuracy_plot import write_accuracy_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rounds = [r["round"] for r in records]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(rounds, [r["eval_accuracy"] for r in records], "o-", color="tab:blue", label="eval accuracy")
-        ax.set_xlabel("round")
-        ax.set_ylabel("accuracy", color="tab:blue")
-        ax.set_ylim(0, 1)
-        loss_ax = ax.twinx()
-        loss_ax.plot(rounds, [r["eval_loss"] for r in records], "s--", color="tab:red", label="eval loss")
-        train = [(r["round"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-        if train:
-            loss_ax.plot(*zip(*train), "^:", color="tab:orange", label="train loss")
-        loss_ax.set_ylabel("loss", color="tab:red")
-        fig.legend(loc="center right")
-        ax.set_title(f"fedstream run {self.run_dir.name}")
-        fig.tight_layout()
-        path = self.run_dir / "accuracy.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return write_accuracy_png(records, f"fedstream run {self.run_dir.name}", self.run_dir / "accuracy.png")
 
     def plot_in_child(self) -> Path | None:
         """plot() in a short-lived child process: the server never imports matplotlib (+36 MB peak RSS)."""
