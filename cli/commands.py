@@ -17,7 +17,7 @@ from fedstream.common.codecs.registry import available_codecs
 from fedstream.server.modes import MODES as MODE_NAMES
 from fedstream.common.training.precision import AMP_CHOICES
 from fedstream.common.wording import plural
-from fedstream.common.wire.framing.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
+from fedstream.common.wire.framing import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 from fedstream.server.aggregation.staleness import STALENESS
 
 

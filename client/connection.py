@@ -11,9 +11,9 @@ from typing import Callable, TypeVar
 import grpc
 
 from fedstream.client.handshake import HandshakeFailed
-from fedstream.common.wire.framing.channel import GRPC_OPTIONS
+from fedstream.common.wire.channel import GRPC_OPTIONS
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire.framing.framing import deserializer, serializer
+from fedstream.common.wire.framing import deserializer, serializer
 
 SERVICE = "/fedstream.v1.Coordinator/"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -33,7 +33,7 @@ from fedstream.common.codecs.plan import ERROR_FEEDBACK, INCREMENTAL, chooser, t
 from fedstream.common.training.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task, TrainSettings
-from fedstream.common.wire.framing.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000
