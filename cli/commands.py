@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedstream.cli.options import (host_port, key_value, naming_flag, non_negative_float, non_negative_int, positive_float,
                                    positive_int)
+from fedstream.cli.dashboard_flags import add_dashboard_flags
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
@@ -113,6 +114,7 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                         "present a client certificate (Kubernetes' grpc probe); off by default")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
     add_server_security_flags(p)
+    add_dashboard_flags(p)
 
 
 def client_parser(p: argparse.ArgumentParser) -> None:
@@ -180,6 +182,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from fedstream.server.core.client_settings import parse_client_settings
     from fedstream.server.core.config import ServerConfig
     from fedstream.server.core.coordinator import Coordinator, NotEnoughClients
+    from fedstream.server.observe.watch import dashboard_starter, run_view
     from fedstream.server.publication.progress import RoundProgress
     from fedstream.server.transport.server import serve
     from fedstream.server.aggregation.strategies import make_strategy
@@ -241,14 +244,33 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as exc:
         parser.error(f"--mode {args.mode}: {exc}")
     progress = RoundProgress(config.rounds)
-    coordinator = Coordinator(task, strategy, config, mode, on_round=progress.round_done)
+    view = run_view(run_dir, task=task.name, mode=args.mode, strategy=strategy.name, rounds=config.rounds,
+                    dp=args.dp or "off", delta=args.delta if args.dp else None, address=args.address,
+                    clients_per_round=config.clients_per_round, min_clients=config.min_clients,
+                    buffer_size=args.buffer_size if args.mode == "async" else None, secure_aggregation=False)
+
+    def on_round(record: dict) -> None:
+        progress.round_done(record)
+        view.set_header(round=record["round"], version=record["version"],
+                        epsilon=record.get("epsilon", record.get("dp_sgd_epsilon_max")))
+
+    coordinator = Coordinator(task, strategy, config, mode, on_round=on_round, observer=view)
+    view.rounds_restored(coordinator.runlog.records())
+    view.set_header(round=coordinator.completed_rounds, version=coordinator.version)
+    on_start = None if args.no_dashboard else dashboard_starter(view, args.dashboard, args.dashboard_token_file,
+                                                                 getattr(args, "tls_dir", None))
     try:
         with progress:
-            serve(coordinator, args.address, port_file=args.port_file, credentials=security.credentials,
+            serve(coordinator, args.address, port_file=args.port_file, credentials=security.credentials, on_start=on_start,
                   auth=security.auth, byte_workers=args.max_workers, health_address=args.health_address)
     except NotEnoughClients as exc:
         print(f"fedstream server: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"fedstream server: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        view.close()
     records = coordinator.runlog.records()
     evaluated = [r for r in records if r.get("eval_accuracy") is not None]
     if evaluated:
