@@ -13,3 +13,8 @@ def setup_logging(level: str = "INFO", stream=sys.stderr) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from the other side, safe for one log line: control characters (a newline forging a line) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])

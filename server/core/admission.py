@@ -94,11 +94,13 @@ class TransferSlots:
             self._active.append(transfer)
         return transfer
 
-    def try_acquire(self) -> Transfer | None:
-        """A slot now, or None when all are taken (for callers that wait on an event loop, not a thread)."""
+    def try_acquire(self, waited: bool = False) -> Transfer | None:
+        """A slot now, or None when all are taken (for callers that wait on an event loop, not a thread);
+        `waited`: the caller already tried and waited (counted in `waits` once it gets its slot)."""
         with self._cond:
             if self.limit and not self._room():
                 return None
+            self.waits += waited
             transfer = Transfer(self._clock)
             self._active.append(transfer)
         return transfer

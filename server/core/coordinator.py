@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 
 from fedstream.common.codecs.plan import accepted_codecs, compression_options
+from fedstream.common.logs import printable
 from fedstream.common.tasks import Task
 from fedstream.common.wire.framing import Crc32, iter_chunks
 from fedstream.common.wire.manifest import reference_of
@@ -147,7 +148,7 @@ class Coordinator:
                 self.mode.client_back(client_id)
             self.cond.notify_all()
         self.observer.client_joined(client_id, request.device[:128])
-        log.info("client=%s joined (device=%r, examples=%d, upload codec=%s)", client_id, request.device[:128],
+        log.info("client=%s joined (device=%s, examples=%d, upload codec=%s)", client_id, printable(request.device),
                  examples, codec)
         return JoinResult(session.session_id, PROTOCOL_VERSION, codec, self.config.heartbeat_seconds, self.run_id,
                           self.config.chunk_bytes, self.transfers.limit > 0)
@@ -186,7 +187,7 @@ class Coordinator:
             self.cond.notify_all()
         if session is not None:
             self.observer.client_left(session.client_id)
-            log.info("client=%s left: %r", session.client_id, reason)
+            log.info("client=%s left: %s", session.client_id, printable(reason))
 
     def expire(self) -> None:
         """Closes sessions that stopped talking. Call under the lock."""

@@ -187,10 +187,12 @@ class CoordinatorServicer:
 
     async def _admitted(self, context: grpc.aio.ServicerContext):
         """A transfer slot (--max-transfers), polled from the loop."""
+        waited = False
         while True:
-            transfer = self.core.transfers.try_acquire()
+            transfer = self.core.transfers.try_acquire(waited)
             if transfer is not None:
                 return transfer
+            waited = True
             if context.done():
                 raise asyncio.CancelledError()
             await asyncio.sleep(ADMISSION_POLL_SECONDS)
