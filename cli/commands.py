@@ -134,7 +134,7 @@ def add_client_limit_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-bad-answers", type=positive_int, default=5,
                    help="exit non-zero after this many bad answers from the server in a row")
     g.add_argument("--retry-backoff", type=positive_float, default=0.5,
-                   help="seconds before the first retry after a bad answer (doubles, jittered, up to 10 s)")
+                   help="seconds before the first retry after a bad answer (doubles, jittered, up to 20 times this)")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:

@@ -37,9 +37,9 @@ KNOWN_KINDS = {pb.Task.WAIT, pb.Task.TRAIN, pb.Task.EVALUATE, pb.Task.FINISH}
 class BadAnswer(ValueError):
     """A value from the server that this client refuses to use; names the field, the value and the bound."""
 
-    def __init__(self, field: str, value: object, expected: str) -> None:
-        shown = repr(value) if isinstance(value, str) else value
-        super().__init__(f"{field} = {shown}: {expected}")
+    def __init__(self, field: str, value: object | None, expected: str) -> None:
+        shown = "" if value is None else f" = {value!r}" if isinstance(value, str) else f" = {value}"
+        super().__init__(f"{field}{shown}: {expected}")
         self.field = field
 
 
@@ -57,7 +57,7 @@ class ClientLimits:
     min_download_rate: float = 1e6  # bytes per second
     download_grace: float = 30.0  # seconds every download gets on top of its size-scaled share
     max_bad_answers: int = 5
-    retry_backoff: float = 0.5  # first backoff after a bad answer, seconds (doubles up to 10 s, jittered)
+    retry_backoff: float = 0.5  # first backoff after a bad answer, seconds (doubles up to 20×, jittered)
 
     def model_bytes_for(self, own_raw_bytes: int) -> int:
         """The largest download this client allocates a buffer for."""
@@ -179,7 +179,7 @@ class ModelExpectation:
             check_manifest(header.manifest, self.reference, self.codecs, "the server", self.max_bytes,
                            holder="this client's model", receiver="this client (--max-model-bytes)", what="model")
         except ManifestError as exc:
-            raise BadAnswer("ModelHeader.manifest", "...", str(exc)) from None
+            raise BadAnswer("ModelHeader.manifest", None, str(exc)) from None
 
 
 def loggable(text: str, limit: int = 600) -> str:
@@ -196,7 +196,7 @@ class BadAnswerCounter:
         self.client_id = client_id
         self.limit = limit
         self.count = 0
-        self.backoff = Backoff(base=backoff_base)
+        self.backoff = Backoff(base=backoff_base, cap=20 * backoff_base)
         self.sleep = sleep
 
     def record(self, problem: Exception | str) -> None:
