@@ -144,7 +144,27 @@ def client_parser(p: argparse.ArgumentParser) -> None:
                    help="seconds to keep retrying while the server is not reachable (it may start later)")
     p.add_argument("--save-updates", type=Path, default=None, help="also write each uploaded delta here (audits)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log threshold")
+    add_client_limit_flags(p)
     add_client_security_flags(p)
+
+
+def add_client_limit_flags(p: argparse.ArgumentParser) -> None:
+    """The client's own bounds on what a server may ask of it (docs/security.md, "What a client checks")."""
+    g = p.add_argument_group("limits on what the server may ask (docs/security.md)")
+    g.add_argument("--max-model-bytes", type=positive_int, default=None,
+                   help="largest download this client allocates (default: 2 × its own model's raw size + 1 MiB)")
+    g.add_argument("--max-local-epochs", type=positive_int, default=100,
+                   help="refuse tasks asking for more local epochs (unless --local-epochs overrides the server's)")
+    g.add_argument("--max-slowdown", type=positive_float, default=100.0,
+                   help="refuse tasks asking for a larger slowdown option")
+    g.add_argument("--min-download-rate", type=positive_float, default=1e6,
+                   help="bytes/s: a download gets --download-grace + its size / this rate, then it is dropped")
+    g.add_argument("--download-grace", type=positive_float, default=30.0,
+                   help="seconds every download gets on top of its size-scaled time")
+    g.add_argument("--max-bad-answers", type=positive_int, default=5,
+                   help="exit non-zero after this many bad answers from the server in a row")
+    g.add_argument("--retry-backoff", type=positive_float, default=0.5,
+                   help="seconds before the first retry after a bad answer (doubles, jittered, up to 20 times this)")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
@@ -289,6 +309,7 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import torch
 
     from fedstream.client.runner import ClientConfig, FederatedClient
+    from fedstream.client.server_checks import ClientLimits, ServerUntrusted, loggable
     from fedstream.common.logs import setup_logging
     from fedstream.common.training.partition import parse_partition
     from fedstream.common.tasks import load_task
@@ -332,24 +353,34 @@ def run_client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           device=args.device, local_epochs=args.local_epochs, connect_timeout=args.connect_timeout,
                           slowdown=args.slowdown, save_updates=args.save_updates, credentials=security.credentials,
                           server_name=security.server_name, token=security.token,
-                          upload_chunk_delay=args.upload_chunk_delay, amp=args.amp, dp_sgd=dp_sgd)
-    if launched_by_torchrun():
-        return run_cluster_client(task, config)
-    try:
-        client = FederatedClient(task, config)
-    except ValueError as exc:
-        parser.error(str(exc))
+                          upload_chunk_delay=args.upload_chunk_delay, amp=args.amp, dp_sgd=dp_sgd,
+                          limits=ClientLimits(max_model_bytes=args.max_model_bytes,
+                                              max_local_epochs=args.max_local_epochs, max_slowdown=args.max_slowdown,
+                                              min_download_rate=args.min_download_rate,
+                                              download_grace=args.download_grace,
+                                              max_bad_answers=args.max_bad_answers,
+                                              retry_backoff=args.retry_backoff))
     import grpc
 
     from fedstream.client.handshake import HandshakeFailed
 
     try:
+        if launched_by_torchrun():
+            return run_cluster_client(task, config)
+        try:
+            client = FederatedClient(task, config)
+        except ValueError as exc:
+            parser.error(str(exc))
         return client.run()
     except HandshakeFailed as exc:
         print(f"client {client_id}: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(f"client {client_id}: the server refused it: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"client {client_id}: the server refused it: {exc.code().name}: {loggable(exc.details() or '')}",
+              file=sys.stderr)
+        return 1
+    except ServerUntrusted as exc:
+        print(f"client {client_id}: gave up on the server: {exc}", file=sys.stderr)
         return 1
 
 

@@ -62,6 +62,29 @@ class Backoff:
         self.attempt = 0
 
 
+@dataclass
+class WaitPacer:
+    """How long a client waits after a WAIT before it asks again.
+
+    What the server asks for (a tenth of retry_after_ms, at most 0.1 s: the next GetTask long-polls anyway), but
+    never less than a floor of 50 ms, and a floor that doubles (jittered, up to `cap`) for each WAIT in a row that
+    came back before half the requested long poll had passed: a server answering WAIT at once cannot make the
+    client spin.
+    """
+
+    floor: float = 0.05
+    cap: float = 2.0
+    quick: int = 0
+
+    def delay(self, retry_after_ms: int, held_s: float, asked_s: float) -> float:
+        self.quick = self.quick + 1 if held_s < asked_s / 2 else 0
+        floor = min(self.cap, self.floor * 2 ** self.quick)
+        return max(min(retry_after_ms, 1000) / 1000 * 0.1, random.uniform(floor / 2, floor) if self.quick else floor)
+
+    def reset(self) -> None:
+        self.quick = 0
+
+
 def with_retry(fn: Callable[[], T], what: str, give_up_after: float, sleep: Callable[[float], None] = time.sleep,
                diagnose: Callable[[str], str | None] | None = None) -> T:
     """Calls fn until it succeeds or fails with a non-retryable status; waits with backoff in between.

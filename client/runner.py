@@ -17,7 +17,7 @@ import grpc
 import torch
 from torch.utils.data import TensorDataset
 
-from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
+from fedstream.client.connection import Backoff, CoordinatorStub, WaitPacer, open_channel, with_retry
 from fedstream.client.handshake import diagnose_handshake
 from fedstream.client.device import resolve_device
 from fedstream.client.feedback import ErrorFeedback
@@ -26,6 +26,8 @@ from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
 from fedstream.client.device_copy import delta_into, load_state
 from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
+from fedstream.client.server_checks import (BadAnswer, BadAnswerCounter, ClientLimits, ModelExpectation,
+                                            check_join_reply, check_task, loggable, seed_of, torch_seed)
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
@@ -33,7 +35,9 @@ from fedstream.common.codecs.plan import ERROR_FEEDBACK, INCREMENTAL, chooser, t
 from fedstream.common.training.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.tasks import Task, TrainSettings
+from fedstream.common.wire.manifest import reference_of
 from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.tensors import state_nbytes
 
 log = logging.getLogger("fedstream.client")
 POLL_MS = 5_000
@@ -65,6 +69,7 @@ class ClientConfig:
     upload_chunk_delay: float = 0.0
     amp: str = "off"
     dp_sgd: DpSgdSettings | None = None
+    limits: ClientLimits = field(default_factory=ClientLimits)
 
 
 def _subset_tensors(data: TensorDataset, indices: torch.Tensor) -> TensorDataset:
@@ -95,22 +100,33 @@ class FederatedClient:
         self.held = HeldModel()
         self.feedback = ErrorFeedback()
         self._spare: torch.Tensor | None = None  # last download buffer, reused when nothing refers to it
+        own = self.model.state_dict()
+        self.expected = ModelExpectation(reference_of(own), list(config.codecs),
+                                         config.limits.model_bytes_for(state_nbytes(own)))
+        self.bad_answers = BadAnswerCounter(config.client_id, config.limits.max_bad_answers,
+                                            config.limits.retry_backoff)
 
     # ----- session ------------------------------------------------------------------------------------------
 
     def join(self) -> pb.JoinReply:
+        """Joins until the server's reply passes check_join_reply (each bad reply counts as a bad answer)."""
         request = pb.JoinRequest(client_id=self.config.client_id, protocol_version=PROTOCOL_VERSION,
                                  device=str(self.device), codecs=self.config.codecs, token=self.config.token,
                                  num_examples=len(self.data))
         diagnose = None
         if self.config.credentials is not None:
             diagnose = partial(diagnose_handshake, target=self.config.server, server_name=self.config.server_name)
-        self.session = with_retry(lambda: self.stub.Join(request, timeout=10), f"join as {self.config.client_id}",
-                                  self.config.connect_timeout, diagnose=diagnose)
+        while True:
+            reply = with_retry(lambda: self.stub.Join(request, timeout=10), f"join as {self.config.client_id}",
+                               self.config.connect_timeout, diagnose=diagnose)
+            try:
+                self.session = check_join_reply(reply, self.config.codecs)
+                break
+            except BadAnswer as exc:
+                self.bad_answers.record(exc)
         log.info("client=%s joined run %s (upload codec %s; training on %s, amp %s)", self.config.client_id,
                  self.session.run_id, self.session.upload_codec, self.device, self.config.amp)
-        if self.session.chunk_bytes:
-            tune_malloc(self.session.chunk_bytes)
+        tune_malloc(self.session.chunk_bytes)
         return self.session
 
     def _heartbeats(self) -> None:
@@ -135,32 +151,39 @@ class FederatedClient:
         try:
             self.join()
             beat.start()
-            backoff = Backoff()
+            backoff, pacer = Backoff(), WaitPacer()
             while True:
                 if self._run_over.is_set():
                     return self._finish(self._run_over_message)
+                asked = time.monotonic()
                 try:
                     task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=POLL_MS),
                                              timeout=POLL_MS / 1000 + 10)
                     backoff.reset()
+                    check_task(task, self.config.limits, self.config.local_epochs)
                 except grpc.RpcError as exc:
                     if not self._run_over.is_set():
                         self._recover(exc, backoff)
                     continue
+                except BadAnswer as exc:
+                    self.bad_answers.record(exc)
+                    continue
                 if task.kind == pb.Task.FINISH:
                     return self._finish(task.message)
-                if task.kind in (pb.Task.TRAIN, pb.Task.EVALUATE):
-                    try:
-                        self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
-                    except grpc.RpcError as exc:
-                        if not self._run_over.is_set():
-                            self._recover(exc, backoff)
-                    except TransferError as exc:
-                        log.warning("client=%s round=%d download failed: %s", self.config.client_id, task.round, exc)
-                    if self._run_over.is_set():
-                        return self._finish(self._run_over_message)
-                elif task.retry_after_ms and task.kind == pb.Task.WAIT:
-                    time.sleep(min(task.retry_after_ms, 1000) / 1000 * 0.1)
+                if task.kind == pb.Task.WAIT:
+                    time.sleep(pacer.delay(task.retry_after_ms, time.monotonic() - asked, POLL_MS / 1000))
+                    continue
+                pacer.reset()
+                try:
+                    self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
+                    self.bad_answers.reset()
+                except grpc.RpcError as exc:
+                    if not self._run_over.is_set():
+                        self._recover(exc, backoff)
+                except (BadAnswer, TransferError) as exc:
+                    self.bad_answers.record(f"round {task.round}: {exc}")
+                if self._run_over.is_set():
+                    return self._finish(self._run_over_message)
         except Stopped as stop:
             _restore_signals(previous)
             log.info("client=%s stopped by %s; leaving the federation", self.config.client_id, stop)
@@ -175,7 +198,7 @@ class FederatedClient:
 
     def _finish(self, message: str) -> int:
         """Leaves the federation after the server ended the run; the process exits 0."""
-        log.info("client=%s finished: %s", self.config.client_id, message)
+        log.info("client=%s finished: %s", self.config.client_id, loggable(message))
         self._leave("finished")
         return 0
 
@@ -191,14 +214,18 @@ class FederatedClient:
     def _recover(self, exc: grpc.RpcError, backoff: Backoff) -> None:
         code = exc.code() if hasattr(exc, "code") else None
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            log.info("client=%s session no longer valid (%s); joining again", self.config.client_id, exc.details())
+            delay = backoff.next_delay() if backoff.attempt else 0.0  # the first rejoin at once, then backed off
+            backoff.attempt = max(backoff.attempt, 1)
+            log.info("client=%s session no longer valid (%s); joining again", self.config.client_id,
+                     loggable(exc.details() or ""))
+            time.sleep(delay)
             self.join()
             return
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                     grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
             delay = backoff.next_delay()
             log.info("client=%s lost the server (%s); retrying in %.1f s", self.config.client_id,
-                     code.name if code else exc, delay)
+                     code.name if code else "", delay)
             time.sleep(delay)
             try:
                 self.stub.Heartbeat(pb.HeartbeatRequest(session_id=self.session.session_id), timeout=5)
@@ -206,7 +233,10 @@ class FederatedClient:
                 if again.code() == grpc.StatusCode.UNAUTHENTICATED:
                     self.join()
             return
-        log.warning("client=%s server refused: %s %s", self.config.client_id, code.name if code else "", exc.details())
+        delay = backoff.next_delay()
+        log.warning("client=%s server refused: %s %s; asking again in %.2f s", self.config.client_id,
+                    code.name if code else "", loggable(exc.details() or ""), delay)
+        time.sleep(delay)
 
     def settings_for(self, config: pb.TrainConfig) -> TrainSettings:
         d = self.task.defaults
@@ -218,7 +248,8 @@ class FederatedClient:
 
     def evaluate_round(self, task: pb.Task) -> None:
         """Scores the task's global version on this client's share of the test data and reports it."""
-        got = download(self.stub, self.session.session_id, task.version, timeout=None)
+        got = download(self.stub, self.session.session_id, task.version, expect=self.expected,
+                       limits=self.config.limits)
         load_state(self.model, got.state)
         metrics = self.task.evaluate(self.model, self.eval_data, self.device)
         self.stub.ReportEvaluation(pb.EvaluationReport(session_id=self.session.session_id, round=task.round,
@@ -235,15 +266,16 @@ class FederatedClient:
         spare, self._spare = self._spare, None
 
         def fetch(have_version: int):
-            return download(self.stub, self.session.session_id, task.version, have_version=have_version, timeout=None,
-                            pin_memory=self.device.type == "cuda", reuse=spare)
+            return download(self.stub, self.session.session_id, task.version, have_version=have_version,
+                            pin_memory=self.device.type == "cuda", reuse=spare, expect=self.expected,
+                            limits=self.config.limits)
 
         base, got = self.held.receive(fetch(self.held.have_version(run_id)), run_id, options.get(INCREMENTAL) == "1",
                                       lambda: fetch(0))
         load_state(self.model, base)
         masks = masks_for(base, got.masked)
         settings = self.settings_for(task.config)
-        seed = int(task.config.options.get("seed", "0")) * 7919 + self.config.partition[0]
+        seed = torch_seed(seed_of(task.config.options), self.config.partition[0])
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         with keep_pruned(self.model, masks):

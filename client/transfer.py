@@ -9,10 +9,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
+import grpc
 import torch
 
 from fedstream.client.device_copy import host_buffer
-from fedstream.common.wire.manifest import decode_state, encode_state
+from fedstream.client.server_checks import ClientLimits, ModelExpectation
+from fedstream.common.wire.manifest import ManifestError, decode_state, encode_state
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.framing import Crc32, DataChunk, iter_chunks
 from fedstream.common.wire.protocol import SESSION_KEY
@@ -34,48 +36,82 @@ class Downloaded:
 
 
 def download(stub, session_id: str, version: int, have_version: int = 0, timeout: float | None = None,
-             pin_memory: bool = False, reuse: torch.Tensor | None = None) -> Downloaded:
+             pin_memory: bool = False, reuse: torch.Tensor | None = None,
+             expect: ModelExpectation | None = None, limits: ClientLimits | None = None) -> Downloaded:
     """Receives the manifest, writes chunks straight into one preallocated buffer, checks length and CRC.
 
     pin_memory: page-lock that buffer (a GPU client copies it to the device asynchronously).
     reuse: a previous download's buffer that nothing references any more; used when it is large enough, which
     spares faulting in and zeroing a fresh model-sized allocation every round.
+    expect: the header must describe this model (checked before the buffer is allocated; BadAnswer otherwise).
+    limits: the download must finish within limits.download_seconds(its size); a stalled one is cancelled.
     """
+    if limits is not None and expect is not None:
+        timeout = limits.download_seconds(expect.max_bytes)
     stream = stub.DownloadModel(pb.DownloadRequest(session_id=session_id, version=version, have_version=have_version),
                                 timeout=timeout)
+    started = time.monotonic()
+    watchdog: threading.Timer | None = None
     header: pb.ModelHeader | None = None
     buffer: torch.Tensor | None = None
     view: memoryview | None = None
     crc = Crc32()
     trailer: pb.Trailer | None = None
-    for message in stream:
-        if isinstance(message, DataChunk):
-            data = message.data
-        else:
-            part = message.WhichOneof("part")
-            if part == "header":
-                header = message.header
-                buffer = _buffer(header.manifest.total_bytes, pin_memory, reuse)
-                view = memoryview(buffer.numpy())
-                continue
-            if part == "trailer":
-                trailer = message.trailer
-                continue
-            data = memoryview(message.data)
-        if view is None:
-            raise TransferError("the server sent model data before the manifest")
-        end = crc.nbytes + len(data)
-        if end > len(view):
-            raise TransferError(f"the server sent more than the {len(view)} bytes its manifest announced")
-        view[crc.nbytes : end] = data
-        crc.update(data)
+    try:
+        for message in stream:
+            if isinstance(message, DataChunk):
+                data = message.data
+            else:
+                part = message.WhichOneof("part")
+                if part == "header":
+                    if header is not None:
+                        raise TransferError("the server sent a second manifest in one download")
+                    header = message.header
+                    if expect is not None:
+                        expect.check_header(header, version, have_version)
+                    if limits is not None:
+                        allowed = limits.download_seconds(header.manifest.total_bytes)
+                        watchdog = threading.Timer(max(0.0, allowed - (time.monotonic() - started)), stream.cancel)
+                        watchdog.daemon = True
+                        watchdog.start()
+                    buffer = _buffer(header.manifest.total_bytes, pin_memory, reuse)
+                    view = memoryview(buffer.numpy())
+                    continue
+                if part == "trailer":
+                    trailer = message.trailer
+                    continue
+                data = memoryview(message.data)
+            if view is None:
+                raise TransferError("the server sent model data before the manifest")
+            end = crc.nbytes + len(data)
+            if end > len(view):
+                raise TransferError(f"the server sent more than the {len(view)} bytes its manifest announced")
+            view[crc.nbytes : end] = data
+            crc.update(data)
+    except grpc.RpcError as exc:
+        if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) or limits is None:
+            raise
+        size = f"{header.manifest.total_bytes} bytes" if header is not None else "its manifest"
+        raise TransferError(f"download of version {version} stalled: {crc.nbytes} bytes in "
+                            f"{time.monotonic() - started:.1f} s, {size} due within the deadline "
+                            f"(--download-grace {limits.download_grace:g} s + size at --min-download-rate "
+                            f"{limits.min_download_rate:g} B/s)") from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if header is None or trailer is None:
+            stream.cancel()
     if header is None or trailer is None or buffer is None:
         raise TransferError("the download ended before its manifest or trailer arrived")
     if crc.nbytes != header.manifest.total_bytes or trailer.crc32 != crc.value:
         raise TransferError(f"download of version {version} is corrupt: got {crc.nbytes} bytes "
                             f"(crc {crc.value:#010x}), trailer says {trailer.total_bytes} (crc {trailer.crc32:#010x})")
-    return Downloaded(header.version, decode_state(header.manifest, view), crc.nbytes, list(header.masked),
-                      header.incremental, header.base_version, buffer)
+    try:
+        state = decode_state(header.manifest, view)
+    except ManifestError as exc:
+        raise TransferError(f"download of version {version} does not decode: {exc}") from None
+    return Downloaded(header.version, state, crc.nbytes, list(header.masked), header.incremental,
+                      header.base_version, buffer)
 
 
 def _buffer(nbytes: int, pin_memory: bool, reuse: torch.Tensor | None) -> torch.Tensor:

@@ -71,10 +71,14 @@ def check_manifest(
     allowed_codecs: Iterable[str],
     who: str,
     max_bytes: int,
+    holder: str = "the global model",
+    receiver: str = "this server",
+    what: str = "update",
 ) -> list[TensorLayout]:
-    """Validates an incoming manifest against the global model's names, dtypes and shapes.
+    """Validates an incoming manifest against the reference's names, dtypes and shapes, before any allocation.
 
-    Raises ManifestError naming the sender, the tensor, what it sent and what the global model has.
+    Raises ManifestError naming the sender, the tensor, what it sent and what the holder (the server's global
+    model, or a client's own model for a download) has.
     """
     allowed = set(allowed_codecs)
     seen: set[str] = set()
@@ -84,13 +88,13 @@ def check_manifest(
             raise ManifestError(f"{who} sent tensor {spec.name} twice")
         seen.add(spec.name)
         if spec.name not in reference:
-            raise ManifestError(f"{who} sent unknown tensor {spec.name!r}; the global model has no such tensor")
+            raise ManifestError(f"{who} sent unknown tensor {spec.name!r}; {holder} has no such tensor")
         dtype, shape = reference[spec.name]
         if spec.dtype != dtype_name(dtype):
-            raise ManifestError(f"{who} sent dtype {spec.dtype} for {spec.name}; the global model has {dtype_name(dtype)}")
+            raise ManifestError(f"{who} sent dtype {spec.dtype} for {spec.name}; {holder} has {dtype_name(dtype)}")
         if tuple(spec.shape) != shape:
             raise ManifestError(
-                f"{who} sent shape {list(spec.shape)} for {spec.name}; the global model has {list(shape)}"
+                f"{who} sent shape {list(spec.shape)} for {spec.name}; {holder} has {list(shape)}"
             )
         if spec.codec not in allowed and not (spec.codec == "raw" and not dtype.is_floating_point):
             raise ManifestError(f"{who} used codec {spec.codec!r} for {spec.name}; this session allows {sorted(allowed)}")
@@ -109,11 +113,11 @@ def check_manifest(
         total += spec.byte_length
     missing = [name for name in reference if name not in seen]
     if missing:
-        raise ManifestError(f"{who} left out {len(missing)} tensor(s) of the global model, e.g. {missing[0]}")
+        raise ManifestError(f"{who} left out {len(missing)} tensor(s) of {holder}, e.g. {missing[0]}")
     if manifest.total_bytes != total:
         raise ManifestError(f"{who} announced total_bytes={manifest.total_bytes}; its tensors add up to {total}")
     if total > max_bytes:
-        raise ManifestError(f"{who} announced a {total}-byte update; this server accepts at most {max_bytes} bytes")
+        raise ManifestError(f"{who} announced a {total}-byte {what}; {receiver} accepts at most {max_bytes} bytes")
     return layout_of(manifest)
 
 
