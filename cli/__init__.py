@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedstream.cli import certs, commands, status
+from fedstream.cli import certs, commands, simulate, status
 from fedstream.cli.options import parse_with_config
 from fedstream.cli.parser import DefaultsHelpFormatter, OneLineErrorParser
 from fedstream.cli.security import REQUIRED
-from fedstream.client import simulation
 from fedstream.common.allocator import tune_malloc
 
 SUBCOMMANDS = {
@@ -17,7 +16,7 @@ SUBCOMMANDS = {
     "client": (commands.client_parser, commands.run_client, f"run a training client ({REQUIRED})"),
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
     "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
-    "simulate": (simulation.simulate_parser, simulation.run_simulate, "many clients in Ray actors against a server"),
+    "simulate": (simulate.simulate_parser, simulate.run_simulate, "many clients in Ray actors against a server"),
     "status": (status.status_parser, status.run_status, "print the state of a running server from its dashboard"),
 }
 
