@@ -105,6 +105,20 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-update-bytes", type=non_negative_int, default=0, help="cap on one upload (0: 2 × model)")
     p.add_argument("--wait-for-clients", type=positive_float, default=600.0,
                    help="seconds to wait for enough clients to connect before giving up")
+    p.add_argument("--sample-grace", type=non_negative_float, default=5.0,
+                   help="after the first round: seconds to wait for the rest of --clients-per-round once "
+                        "--min-clients are connected, before sampling from those there")
+    g = p.add_argument_group("bounds on one client's pull (docs/security.md)")
+    g.add_argument("--max-examples", type=positive_int, default=1_000_000_000,
+                   help="the most examples a client may claim at join; larger claims are clipped")
+    g.add_argument("--weight-cap-factor", type=positive_float, default=10.0,
+                   help="an update counts for at most this many times the median claim of the connected clients")
+    g.add_argument("--max-update-norm", type=non_negative_float, default=0.0,
+                   help="scale updates down to this L2 norm (0: automatic, --norm-bound-factor × the last round's "
+                        "median norm)")
+    g.add_argument("--norm-bound-factor", type=positive_float, default=10.0,
+                   help="automatic norm bound: this many times the median update norm of the last round (before "
+                        "any round: × the global model's norm)")
     p.add_argument("--max-workers", type=positive_int, default=None,
                    help="threads for byte work: spooling, checks, folds, encoding (default: 2 per CPU, at least 4); "
                         "calls themselves run on one event loop and hold no thread")
@@ -257,7 +271,9 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
                           incremental_download=args.incremental_download, prune_schedule=args.prune_schedule,
                           federated_eval=args.federated_eval, eval_every=args.eval_every,
-                          reproducible=args.reproducible)
+                          reproducible=args.reproducible, sample_grace=args.sample_grace,
+                          max_examples=args.max_examples, weight_cap_factor=args.weight_cap_factor,
+                          max_update_norm=args.max_update_norm, norm_bound_factor=args.norm_bound_factor)
     security = server_security(args, parser)
     try:
         mode.check(config, strategy)
