@@ -177,6 +177,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         task = load_task(args.task, dict(args.task_option))
     except ValueError as exc:
         parser.error(f"--task: {exc}")
+    if args.prune_schedule and "pruning" in task.unsupported:
+        parser.error(f"--prune-schedule with --task {args.task}: {task.unsupported['pruning']}")
     try:
         client_settings = parse_client_settings(args.client_setting)
     except ValueError as exc:

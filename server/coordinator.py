@@ -576,7 +576,7 @@ class Coordinator:
         """The round's epilogue: evaluation, its metrics line, its checkpoint, the on_round callback."""
         number = record["round"]
         evaluation = self.evaluate_after(number, checkpoint.global_state)
-        record.update(eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"])
+        record.update({f"eval_{key}": value for key, value in evaluation.items()})  # eval_perplexity, ...
         if self.config.federated_eval:
             record.update(self._federated_evaluation(number))
         self.runlog.append(record)

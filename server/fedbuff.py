@@ -382,6 +382,7 @@ class AsyncCoordinator(Coordinator):
             "folded": [{"client": i.client_id, "task": i.round, "base_version": i.base_version,
                         "num_examples": i.num_examples, "staleness": s} for i, s in zip(infos, buffer.staleness)],
             **client_privacy(infos), **self.strategy.round_metrics(),
+            **{f"eval_{key}": value for key, value in evaluation.items()},
         }
         for update in updates:
             update.delete()

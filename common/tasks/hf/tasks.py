@@ -130,7 +130,8 @@ def _make(task_name: str, options: dict[str, str]) -> HFTask:
                      opts.lora_alpha, opts.lora_dropout, opts.target_modules, opts.lora_variant, opts.lora_seed)
         make_local_trainable(model, opts.local_modules)
         if opts.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
     return HFTask(
