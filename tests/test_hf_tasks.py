@@ -199,6 +199,23 @@ def test_gradient_checkpointing_trains_the_same_steps(model_dir: str) -> None:
         task.train(model, task.client_split(0, 2).train, task.defaults, torch.device("cpu"),
                    torch.Generator().manual_seed(0))
         results.append(task.federated_state(model))
-    assert checkpointed.make_model().is_gradient_checkpointing
+    model = checkpointed.make_model()
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     for name, value in results[0].items():
         assert torch.allclose(value, results[1][name], atol=1e-5), name
+
+
+def test_dp_sgd_trains_the_adapters_and_leaves_the_base_alone(model_dir: str) -> None:
+    from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
+
+    task = lm_task(model_dir)
+    model = task.make_model()
+    check_model(model)
+    federated = task.federated_state(model)
+    before = {n: v.clone() for n, v in model.state_dict().items()}
+    metrics = DpSgdTrainer(DpSgdSettings(1.0)).train(task, model, task.client_split(0, 2).train, task.defaults,
+                                                     torch.device("cpu"))
+    assert metrics["steps"] == 3 and metrics["dp_sgd_epsilon"] > 0
+    after = model.state_dict()
+    assert any(not torch.equal(after[n], before[n]) for n in federated)
+    assert all(torch.equal(after[n], v) for n, v in before.items() if n not in federated)

@@ -130,9 +130,11 @@ def _make(task_name: str, options: dict[str, str]) -> HFTask:
                      opts.lora_alpha, opts.lora_dropout, opts.target_modules, opts.lora_variant, opts.lora_seed)
         make_local_trainable(model, opts.local_modules)
         if opts.gradient_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model.train()  # from_pretrained returns eval mode; Opacus's check wants training mode
 
     return HFTask(
         name=task_name,

@@ -33,6 +33,9 @@ CONFIG = dict(vocab_size=tok.VOCAB_SIZE, hidden_size=128, intermediate_size=256,
 def build_tiny_model(out_dir: Path, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
     """Creates, pretrains (deterministically, from SEED) and saves the CI model into out_dir."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is fastest, and on a busy machine far faster
