@@ -219,3 +219,17 @@ def test_dp_sgd_trains_the_adapters_and_leaves_the_base_alone(model_dir: str) ->
     after = model.state_dict()
     assert any(not torch.equal(after[n], before[n]) for n in federated)
     assert all(torch.equal(after[n], v) for n, v in before.items() if n not in federated)
+
+
+def test_a_client_scores_its_personalised_model_on_its_own_held_out_text(model_dir: str) -> None:
+    from fedstream.client.runner import ClientConfig, FederatedClient
+
+    task = lm_task(model_dir, local_modules="lm_head")
+    client = FederatedClient(task, ClientConfig(server="127.0.0.1:9", client_id="c1", partition=(1, 2), device="cpu"))
+    try:
+        assert len(client.personal_test) and len(client.data) == len(task.client_split(1, 2).train)
+        metrics = client._personal_eval("personal_")
+    finally:
+        client.channel.close()
+    assert set(metrics) == {"personal_eval_loss", "personal_eval_accuracy", "personal_eval_perplexity"}
+    assert metrics["personal_eval_perplexity"] == pytest.approx(torch.tensor(metrics["personal_eval_loss"]).exp().item())
