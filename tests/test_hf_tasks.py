@@ -233,3 +233,24 @@ def test_a_client_scores_its_personalised_model_on_its_own_held_out_text(model_d
         client.channel.close()
     assert set(metrics) == {"personal_eval_loss", "personal_eval_accuracy", "personal_eval_perplexity"}
     assert metrics["personal_eval_perplexity"] == pytest.approx(torch.tensor(metrics["personal_eval_loss"]).exp().item())
+
+
+def test_a_tokenizer_trained_locally_and_saved_beside_the_model_is_used(model_dir: str, tmp_path: Path) -> None:
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    own = tmp_path / "model"
+    shutil.copytree(model_dir, own)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [Path(__file__).read_text()] * 3
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", unk_token="<unk>").save_pretrained(own)
+    task = lm_task(str(own), tokenizer="model")
+    ids = task.train_data.tensors[0]
+    assert ids.max() < 200 and not torch.equal(ids, lm_task(model_dir).train_data.tensors[0][: len(ids)])
+    assert task.make_model().config.pad_token_id == 0
+    with pytest.raises(ValueError, match=r"tokenizer=model: no tokenizer could be loaded"):
+        lm_task(model_dir, tokenizer="model")

@@ -17,15 +17,15 @@ def decode(ids: list[int]) -> str:
     return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
-def padded(rows: list[list[int]], length: int) -> torch.Tensor:
-    """Rows cut to `length` and right-padded with PAD, as one [len(rows), length] long tensor."""
-    out = torch.full((len(rows), length), PAD, dtype=torch.long)
+def padded(rows: list[list[int]], length: int, pad: int = PAD) -> torch.Tensor:
+    """Rows cut to `length` and right-padded with `pad`, as one [len(rows), length] long tensor."""
+    out = torch.full((len(rows), length), pad, dtype=torch.long)
     for i, row in enumerate(rows):
         row = row[:length]
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
 
 
-def lm_labels(input_ids: torch.Tensor) -> torch.Tensor:
+def lm_labels(input_ids: torch.Tensor, pad: int = PAD) -> torch.Tensor:
     """Next-token labels for a causal LM: the inputs themselves, padding not scored."""
-    return input_ids.masked_fill(input_ids == PAD, IGNORE)
+    return input_ids.masked_fill(input_ids == pad, IGNORE)

@@ -6,11 +6,13 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from fedstream.common.tasks.hf import byte_tokenizer as tok
 from fedstream.common.tasks.hf.stdlib_corpus import HELD_OUT, package_groups, read_text
+from fedstream.common.tasks.hf.text_encoding import BYTES, Encoding
 
 TEST_EVERY = 10  # data=PATH: every 10th example is the server's held-out set
 
@@ -27,9 +29,9 @@ class Examples:
     test_y: torch.Tensor
 
 
-def blocks(text: str, length: int, limit: int) -> list[list[int]]:
-    """The text's bytes cut into at most `limit` consecutive blocks of exactly `length` tokens."""
-    ids = tok.encode(text)
+def blocks(text: str, length: int, limit: int, encode: "Callable[[str], list[int]]" = tok.encode) -> list[list[int]]:
+    """The text's tokens cut into at most `limit` consecutive blocks of exactly `length` tokens."""
+    ids = encode(text)
     return [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)][:limit]
 
 
@@ -40,29 +42,31 @@ def shuffled_lines(block: list[int], seed: int) -> list[int]:
     return list(b"\n".join(lines))
 
 
-def _rows(rows: list[list[int]], classify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows(rows: list[list[int]], classify: bool, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets: next-token labels, or class labels (even rows intact, odd rows line-shuffled)."""
     if not classify:
         x = torch.tensor(rows, dtype=torch.long) if rows else torch.empty(0, 1, dtype=torch.long)
-        return x, tok.lm_labels(x)
+        return x, tok.lm_labels(x, pad)
     labels = [i % 2 for i in range(len(rows))]
     mixed = [shuffled_lines(r, i) if y else r for i, (r, y) in enumerate(zip(rows, labels))]
     return torch.tensor(mixed, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
-def stdlib_examples(length: int, group_blocks: int, eval_blocks: int, classify: bool) -> Examples:
+def stdlib_examples(length: int, group_blocks: int, eval_blocks: int, classify: bool,
+                    encoding: Encoding = BYTES) -> Examples:
     groups = package_groups()
     train_names = [g for g in groups if g not in HELD_OUT]
     rows, owners = [], []
     for index, name in enumerate(train_names):
-        got = blocks(read_text(groups[name], length * group_blocks + length), length, group_blocks)
+        got = blocks(read_text(groups[name], length * group_blocks + length), length, group_blocks, encoding.encode)
         rows += got
         owners += [index] * len(got)
     held = [b for name in HELD_OUT if name in groups
-            for b in blocks(read_text(groups[name], length * eval_blocks + length), length, eval_blocks)]
+            for b in blocks(read_text(groups[name], length * eval_blocks + length), length, eval_blocks,
+                            encoding.encode)]
     held = held[:: max(1, len(held) // eval_blocks)][:eval_blocks]  # spread over every held-out package
-    train_x, train_y = _rows(rows, classify)
-    test_x, test_y = _rows(held, classify)
+    train_x, train_y = _rows(rows, classify, encoding.pad)
+    test_x, test_y = _rows(held, classify, encoding.pad)
     return Examples(train_x, train_y, torch.tensor(owners, dtype=torch.long), train_names, test_x, test_y)
 
 
@@ -92,9 +96,9 @@ def read_lines(path: Path) -> list[dict]:
     return out
 
 
-def file_examples(path: Path, length: int, classify: bool, num_labels: int) -> Examples:
+def file_examples(path: Path, length: int, classify: bool, num_labels: int, encoding: Encoding = BYTES) -> Examples:
     rows = read_lines(path)
-    ids = tok.padded([tok.encode(r["text"]) for r in rows], length)
+    ids = tok.padded([encoding.encode(r["text"]) for r in rows], length, encoding.pad)
     if classify:
         labels = []
         for number, row in enumerate(rows, 1):
@@ -105,13 +109,16 @@ def file_examples(path: Path, length: int, classify: bool, num_labels: int) -> E
             labels.append(label)
         y = torch.tensor(labels, dtype=torch.long)
     else:
-        y = tok.lm_labels(ids)
+        y = tok.lm_labels(ids, encoding.pad)
     test = torch.arange(len(rows)) % TEST_EVERY == TEST_EVERY - 1
     return Examples(ids[~test], y[~test], torch.zeros(int((~test).sum()), dtype=torch.long), [], ids[test], y[test])
 
 
 def load_examples(data: str, length: int, group_blocks: int, eval_blocks: int, classify: bool,
-                  num_labels: int) -> Examples:
+                  num_labels: int, encoding: Encoding = BYTES) -> Examples:
     if data == "stdlib":
-        return stdlib_examples(length, group_blocks, eval_blocks, classify)
-    return file_examples(Path(data).expanduser(), length, classify, num_labels)
+        if classify and encoding is not BYTES:
+            raise ValueError("hf-sequence-classification with data=stdlib shuffles the lines of byte blocks; use "
+                             "tokenizer=bytes, or data=PATH with labelled examples")
+        return stdlib_examples(length, group_blocks, eval_blocks, classify, encoding)
+    return file_examples(Path(data).expanduser(), length, classify, num_labels, encoding)

@@ -52,8 +52,9 @@ def quantization(quantize: str) -> dict:
             "device_map": {"": torch.cuda.current_device()}}
 
 
-def load_base(path: Path, classify: bool, num_labels: int, quantize: str, seed: int) -> nn.Module:
-    """The pretrained model; a new classification head is initialised from `seed`, the same in every party."""
+def load_base(path: Path, classify: bool, num_labels: int, quantize: str, seed: int, pad: int = tok.PAD) -> nn.Module:
+    """The pretrained model; a new classification head is initialised from `seed`, the same in every party, and
+    `pad` (the tokenizer's) is the padding id a classifier skips when it pools the last token."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -66,6 +67,5 @@ def load_base(path: Path, classify: bool, num_labels: int, quantize: str, seed: 
                                                                        local_files_only=True, **extra)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **extra)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.PAD
+    model.config.pad_token_id = pad
     return model

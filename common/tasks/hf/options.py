@@ -77,6 +77,7 @@ class HFOptions:
     eval_blocks: int = 64  # data=stdlib: blocks of the held-out packages the server evaluates on
     gradient_checkpointing: int = 0
     quantize: str = "none"  # 4bit: bitsandbytes NF4 base weights (CUDA only)
+    tokenizer: str = "bytes"  # bytes: byte-level, no files; model: the tokenizer saved in the model's directory
 
 
 PARSERS: dict[str, Callable[[str], object]] = {
@@ -84,7 +85,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "lora_variant": _choice("plain", "ffa"), "lora_seed": _int(0), "target_modules": _names, "local_modules": _names,
     "max_length": _int(8), "num_labels": _int(2), "steps": _int(0), "batch_size": _int(1), "lr": _float(0.0),
     "group_blocks": _int(1), "eval_blocks": _int(1), "gradient_checkpointing": _choice("0", "1"),
-    "quantize": _choice("none", "4bit"),
+    "quantize": _choice("none", "4bit"), "tokenizer": _choice("bytes", "model"),
 }
 CLASSIFICATION_ONLY = {"num_labels"}
 

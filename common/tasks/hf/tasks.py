@@ -25,6 +25,7 @@ from fedstream.common.tasks.hf.examples import load_examples
 from fedstream.common.tasks.hf.lora import is_local, make_local_trainable, wrap
 from fedstream.common.tasks.hf.model_loading import load_base, resolve_model
 from fedstream.common.tasks.hf.options import HFOptions, parse_options
+from fedstream.common.tasks.hf.text_encoding import BYTES, model_encoding
 
 PERSONAL_EVERY = 10
 EVAL_BATCH = 32
@@ -121,13 +122,16 @@ def _make(task_name: str, options: dict[str, str]) -> HFTask:
     opts = parse_options(task_name, options)
     classify = task_name == "hf-sequence-classification"
     path = resolve_model(opts.model)
-    examples = load_examples(opts.data, opts.max_length, opts.group_blocks, opts.eval_blocks, classify, opts.num_labels)
+    encoding = model_encoding(path) if opts.tokenizer == "model" else BYTES
+    examples = load_examples(opts.data, opts.max_length, opts.group_blocks, opts.eval_blocks, classify, opts.num_labels,
+                             encoding)
     if len(examples.train_x) == 0:
         raise ValueError(f"data={opts.data}: no training example of max_length={opts.max_length} tokens")
 
     def make_model() -> nn.Module:
-        model = wrap(load_base(path, classify, opts.num_labels, opts.quantize, opts.lora_seed), classify, opts.lora_r,
-                     opts.lora_alpha, opts.lora_dropout, opts.target_modules, opts.lora_variant, opts.lora_seed)
+        base = load_base(path, classify, opts.num_labels, opts.quantize, opts.lora_seed, encoding.pad)
+        model = wrap(base, classify, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.target_modules,
+                     opts.lora_variant, opts.lora_seed)
         make_local_trainable(model, opts.local_modules)
         if opts.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
