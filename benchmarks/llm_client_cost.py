@@ -30,8 +30,11 @@ def model_dir(name: str, scratch: Path) -> str:
 
         return str(tiny_model_dir())
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from fedstream.common.tasks.hf import byte_tokenizer as tok
+
+    hf_logging.disable_progress_bar()
 
     config = LlamaConfig(vocab_size=tok.VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                          num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
