@@ -288,8 +288,9 @@ class FederatedClient:
 
     def _personal_eval(self, prefix: str) -> dict[str, float]:
         """The model as it is now (with this client's local-only modules) scored on this client's own held-out
-        data, each metric named prefix + eval_ + key; nothing when the task has no such data."""
-        if self.personal_test is None or not len(self.personal_test):
+        data, each metric named prefix + eval_ + key; nothing when the task has no such data, or under DP-SGD
+        (the held-out examples are not covered by its guarantee, so their scores do not leave the client)."""
+        if self.personal_test is None or not len(self.personal_test) or self.dp_sgd is not None:
             return {}
         scores = self.task.evaluate(self.model, self.personal_test, self.device)
         return {f"{prefix}eval_{key}": float(value) for key, value in scores.items()}
