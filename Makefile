@@ -12,7 +12,7 @@ $(BIN)/fedstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,sim]"
+	$(BIN)/pip install --quiet -e ".[dev,sim,llm]"
 	touch $(BIN)/fedstream
 
 env: $(BIN)/fedstream

@@ -245,6 +245,8 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         task = load_task(args.task, dict(args.task_option))
     except ValueError as exc:
         parser.error(f"--task: {exc}")
+    if args.prune_schedule and "pruning" in task.unsupported:
+        parser.error(f"--prune-schedule with --task {args.task}: {task.unsupported['pruning']}")
     try:
         client_settings = parse_client_settings(args.client_setting)
     except ValueError as exc:
@@ -414,7 +416,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                      "--rounds", str(args.rounds), "--min-clients", str(args.clients),
                                      "--strategy", args.strategy, "--run-dir", str(run_dir), "--seed", str(args.seed),
                                      "--round-timeout", "300", "--log-level", "WARNING", "--insecure"] + task_flags)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # the server builds the task first (hf-causal-lm: the tiny model, once)
     while not port_file.exists() or not port_file.read_text().strip():
         if server.poll() is not None or time.monotonic() > deadline:
             print("the demo server did not start; see the messages above", file=sys.stderr)

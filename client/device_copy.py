@@ -9,10 +9,13 @@ CPU and no copy is added.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fedstream.common.tasks import Task
 
 
 def host_buffer(nbytes: int, pin: bool = False) -> torch.Tensor:
@@ -26,8 +29,15 @@ def host_buffer(nbytes: int, pin: bool = False) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8)
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """model.load_state_dict(state), with asynchronous copies from pinned host tensors to a GPU model."""
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], task: "Task | None" = None) -> None:
+    """Copies a downloaded state into the model: through the task's load_federated_state when the task
+    overrides it (adapters, local modules), else model.load_state_dict(state) with asynchronous copies from
+    pinned host tensors to a GPU model. Never adopts the downloaded tensors: they are the delta's base."""
+    from fedstream.common.tasks import Task
+
+    if task is not None and type(task).load_federated_state is not Task.load_federated_state:
+        task.load_federated_state(model, state)
+        return
     own = model.state_dict()
     if not any(t.device.type == "cuda" for t in own.values()) or set(own) != set(state):
         model.load_state_dict(state)
@@ -39,6 +49,13 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         for name, src in state.items():
             dst = own[name]
             dst.copy_(src, non_blocking=dst.device.type == "cuda" and src.is_pinned())
+
+
+def local_state(task: "Task", model: nn.Module, base: Mapping[str, torch.Tensor]) -> "dict[str, torch.Tensor]":
+    """The model's federated tensors under the names of the downloaded base; a base tensor the task does not
+    federate (a server that sends the frozen base too) maps to itself, so its delta is zero."""
+    federated = task.federated_state(model)
+    return {name: federated[name] if name in federated else b for name, b in base.items()}
 
 
 def delta_into(global_state: Mapping[str, torch.Tensor],

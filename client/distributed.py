@@ -23,7 +23,6 @@ from torch.utils.data import TensorDataset
 
 from fedstream.client.device import resolve_device
 from fedstream.client.runner import ClientConfig, FederatedClient
-from fedstream.common.training.partition import partition_indices
 from fedstream.common.tasks import Task, TrainSettings
 
 log = logging.getLogger("fedstream.client")
@@ -92,7 +91,7 @@ class ShardTrainer:
     def broadcast_model(self) -> None:
         """Rank 0's model (the global version just loaded) into every rank's model, in place."""
         with torch.no_grad():
-            for tensor in self.model.state_dict().values():
+            for tensor in self.task.federated_state(self.model).values():
                 dist.broadcast(tensor, src=0)
 
     def train(self, command: Command) -> dict[str, float]:
@@ -103,7 +102,7 @@ class ShardTrainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         anchors = None
         if command.proximal:
-            anchors = {f"module.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+            anchors = {f"module.{k}": v.detach().clone() for k, v in self.task.federated_state(self.model).items()}
         rank = self.topology.rank
         torch.manual_seed(command.seed * 1_000_003 + rank)
         generator = torch.Generator().manual_seed(command.seed * 1_000_003 + rank)
@@ -151,8 +150,7 @@ class ClusterClient(FederatedClient):
 def serve_rank(task: Task, config: ClientConfig, device: torch.device, topology: Topology) -> int:
     """Ranks 1..N-1: wait for rank 0's commands, train the shard, until told to stop."""
     i, n = config.partition
-    indices = partition_indices(task.train_labels, i, n, config.partition_scheme, config.alpha, config.partition_seed)
-    data = TensorDataset(*(t[indices] for t in task.train_data.tensors))
+    data = task.client_split(i, n, config.partition_scheme, config.alpha, config.partition_seed).train
     trainer = ShardTrainer(task, task.make_model().to(device), shard_of(data, topology.rank, topology.world_size),
                            device, topology)
     while True:

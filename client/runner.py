@@ -24,7 +24,7 @@ from fedstream.client.feedback import ErrorFeedback
 from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
-from fedstream.client.device_copy import delta_into, load_state
+from fedstream.client.device_copy import delta_into, load_state, local_state
 from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
 from fedstream.client.server_checks import (BadAnswer, BadAnswerCounter, ClientLimits, ModelExpectation,
                                             check_join_reply, check_task, loggable, seed_of, torch_seed)
@@ -82,8 +82,9 @@ class FederatedClient:
         self.config = config
         self.device = resolve_device(config.device)
         i, n = config.partition
-        indices = partition_indices(task.train_labels, i, n, config.partition_scheme, config.alpha, config.partition_seed)
-        self.data = _subset_tensors(task.train_data, indices)
+        split = task.client_split(i, n, config.partition_scheme, config.alpha, config.partition_seed)
+        self.data = split.train
+        self.personal_test = split.personal_test
         self.eval_data = _subset_tensors(task.test_data, partition_indices(task.test_data.tensors[1], i, n, "iid",
                                                                            seed=config.partition_seed))
         self.model = task.make_model().to(self.device)
@@ -250,7 +251,7 @@ class FederatedClient:
         """Scores the task's global version on this client's share of the test data and reports it."""
         got = download(self.stub, self.session.session_id, task.version, expect=self.expected,
                        limits=self.config.limits)
-        load_state(self.model, got.state)
+        load_state(self.model, got.state, self.task)
         metrics = self.task.evaluate(self.model, self.eval_data, self.device)
         self.stub.ReportEvaluation(pb.EvaluationReport(session_id=self.session.session_id, round=task.round,
                                                        version=task.version, num_examples=len(self.eval_data),
@@ -272,7 +273,8 @@ class FederatedClient:
 
         base, got = self.held.receive(fetch(self.held.have_version(run_id)), run_id, options.get(INCREMENTAL) == "1",
                                       lambda: fetch(0))
-        load_state(self.model, base)
+        load_state(self.model, base, self.task)
+        before = self._personal_eval("personal_global_")
         masks = masks_for(base, got.masked)
         settings = self.settings_for(task.config)
         seed = torch_seed(seed_of(task.config.options), self.config.partition[0])
@@ -284,7 +286,8 @@ class FederatedClient:
         if self._run_over.is_set():
             log.info("client=%s round=%d training stopped: the run ended", cid, task.round)
             return
-        local = self.model.state_dict()
+        metrics = {**metrics, **before, **self._personal_eval("personal_")}
+        local = local_state(self.task, self.model, base)
         delta = delta_from(base, local) if self.held.state is base else self._delta_into(base, local)
         if task.config.clip_norm > 0:
             privatize_delta(delta, task.config.clip_norm, task.config.noise_multiplier)
@@ -319,6 +322,15 @@ class FederatedClient:
         if encoded.residual:
             log.info("client=%s round=%d error feedback carries a residual of norm %.4g to the next round", cid,
                      task.round, encoded.residual_norm())
+
+    def _personal_eval(self, prefix: str) -> dict[str, float]:
+        """The model as it is now (with this client's local-only modules) scored on this client's own held-out
+        data, each metric named prefix + eval_ + key; nothing when the task has no such data, or under DP-SGD
+        (the held-out examples are not covered by its guarantee, so their scores do not leave the client)."""
+        if self.personal_test is None or not len(self.personal_test) or self.dp_sgd is not None:
+            return {}
+        scores = self.task.evaluate(self.model, self.personal_test, self.device)
+        return {f"{prefix}eval_{key}": float(value) for key, value in scores.items()}
 
     def local_train(self, settings: TrainSettings, generator: torch.Generator,
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:

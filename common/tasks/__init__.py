@@ -8,7 +8,9 @@ from typing import Callable
 from fedstream.common.tasks.base import Task, TrainSettings
 from fedstream.common.tasks.options import check_task_options
 
-BUILTIN = {"digits": "fedstream.common.tasks.digits:make_task", "synthetic": "fedstream.common.tasks.synthetic:make_task"}
+BUILTIN = {"digits": "fedstream.common.tasks.digits:make_task", "synthetic": "fedstream.common.tasks.synthetic:make_task",
+           "hf-causal-lm": "fedstream.common.tasks.hf.tasks:make_causal_lm_task",
+           "hf-sequence-classification": "fedstream.common.tasks.hf.tasks:make_sequence_classification_task"}
 
 __all__ = ["Task", "TrainSettings", "load_task", "check_task_options", "BUILTIN"]
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedstream.common.training.partition import partition_indices
 from fedstream.common.training.precision import autocast, grad_scaler
 
 
@@ -29,6 +30,15 @@ class TrainSettings:
 
 
 @dataclass
+class ClientSplit:
+    """One client's share of a task's data: what it trains on, and its own held-out examples for the metrics of
+    its personalised model (None when the task has no per-client held-out data)."""
+
+    train: TensorDataset
+    personal_test: TensorDataset | None = None
+
+
+@dataclass
 class Task:
     """Everything a federation needs to know about one learning problem.
 
@@ -43,19 +53,27 @@ class Task:
     defaults: TrainSettings
     make_optimizer: Callable[[list[nn.Parameter], TrainSettings], torch.optim.Optimizer] | None = None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+    unsupported: Mapping[str, str] = field(default_factory=dict)  # a feature ("pruning") -> why it is refused
     _scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict, repr=False, compare=False)
-
-    def federated_state(self, model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
-        """The tensors that travel and are aggregated (default: the whole state dict)."""
-        return OrderedDict(model.state_dict())
-
-    def load_federated_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-        """Puts federated tensors into the model without copying them (default: the whole state dict)."""
-        model.load_state_dict(state, assign=True)
 
     @property
     def train_labels(self) -> torch.Tensor:
         return self.train_data.tensors[1]
+
+    def federated_state(self, model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+        """The tensors that travel and are aggregated (live views of the model's own tensors)."""
+        return OrderedDict(model.state_dict())
+
+    def load_federated_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        """Puts federated tensors into the model; this default adopts them without a copy (the server's eval
+        model aliases the global tensors). A client copies instead (client/device_copy.py:load_state)."""
+        model.load_state_dict(state, assign=True)
+
+    def client_split(self, index: int, parts: int, scheme: str = "iid", alpha: float = 0.5,
+                     seed: int = 0) -> ClientSplit:
+        """Client `index` of `parts`: its disjoint share of the training data (`--partition I/N`)."""
+        indices = partition_indices(self.train_labels, index, parts, scheme, alpha, seed)
+        return ClientSplit(TensorDataset(*(t[indices] for t in self.train_data.tensors)))
 
     def optimizer(self, params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
         if self.make_optimizer is not None:
@@ -78,8 +96,9 @@ class Task:
         optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad], settings)
         scaler = self._scaler(device, settings.amp)
         anchors = None
-        if settings.proximal_mu > 0 and global_params is not None:
-            anchors = {n: global_params[n].to(device) for n, _ in model.named_parameters()}
+        if settings.proximal_mu > 0 and global_params is not None:  # frozen and local-only tensors do not move
+            anchors = {n: global_params[n].to(device) for n, p in model.named_parameters()
+                       if p.requires_grad and n in global_params}
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
         seen, steps = 0, 0
         started = time.perf_counter()
@@ -94,7 +113,7 @@ class Task:
                     loss = self.loss_fn(model(x), y)
                 objective = loss.float()
                 if anchors is not None:
-                    prox = sum(torch.sum((p - anchors[n]) ** 2) for n, p in model.named_parameters())
+                    prox = sum(torch.sum((p - anchors[n]) ** 2) for n, p in model.named_parameters() if n in anchors)
                     objective = objective + 0.5 * settings.proximal_mu * prox
                 if scaler is None:
                     objective.backward()
