@@ -216,6 +216,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from fedstream.server.core.client_settings import parse_client_settings
     from fedstream.server.core.config import ServerConfig
     from fedstream.server.core.coordinator import Coordinator, NotEnoughClients
+    from fedstream.common.tasks.hf.adapter_files import save_adapter
     from fedstream.server.observe.watch import dashboard_starter, run_view
     from fedstream.server.publication.progress import RoundProgress
     from fedstream.server.transport.server import serve
@@ -309,6 +310,9 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 1
     finally:
         view.close()
+    written = save_adapter(task, coordinator.model, coordinator.global_state, run_dir)
+    if written:
+        print(f"adapter: {', '.join(str(path) for path in written)}")
     records = coordinator.runlog.records()
     evaluated = [r for r in records if r.get("eval_accuracy") is not None]
     if evaluated:
