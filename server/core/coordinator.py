@@ -81,8 +81,8 @@ class Coordinator:
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict(
             (k, v.detach().contiguous()) for k, v in task.federated_state(self.model).items())
         self.reference = reference_of(self.global_state)
-        model_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
-        self.max_update_bytes = config.max_update_bytes or 2 * model_bytes + (1 << 20)
+        self.model_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
+        self.max_update_bytes = config.max_update_bytes or 2 * self.model_bytes + (1 << 20)
         self.bounds = UpdateBounds(config)
         self.bounds.set_model(self.global_state)
         self.version = 0

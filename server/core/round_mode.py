@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 class RoundMode(ABC):
     name: str = ""
     served_versions: int = 1  # how many published versions stay downloadable (the current one, and older ones)
+    accept_waits: bool = False  # whether accept may block (waiting for room): the transport then never runs it inline
 
     def bind(self, core: "Coordinator") -> None:
         """Called once by the core's constructor, before any client can call."""

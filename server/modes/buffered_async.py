@@ -90,6 +90,7 @@ class Buffer:
 class BufferedAsync(RoundMode):
     name = "async"
     served_versions = 2
+    accept_waits = True
 
     def __init__(self, settings: AsyncSettings | None = None) -> None:
         self.settings = settings or AsyncSettings()

@@ -18,15 +18,19 @@ class EvaluationRound:
     assigned: set[str] = field(default_factory=set)
     reports: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
     bytes_down: int = 0
+    chosen: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self.chosen = frozenset(self.selected)
 
     def task_for(self, client_id: str) -> Assignment | None:
-        if client_id not in self.selected or client_id in self.assigned or client_id in self.reports:
+        if client_id not in self.chosen or client_id in self.assigned or client_id in self.reports:
             return None
         self.assigned.add(client_id)
         return Assignment(TaskKind.EVALUATE, round=self.number, version=self.version)
 
     def complete(self) -> bool:
-        return all(c in self.reports for c in self.selected)
+        return len(self.reports) >= len(self.chosen)
 
     def metrics(self) -> dict[str, float | int | None]:
         """Example-weighted means of the clients' loss and accuracy (None when nobody reported)."""

@@ -136,6 +136,10 @@ class ModelPublisher:
         self.counts["full"] += 1
         return full
 
+    def cheap_to_serve(self) -> bool:
+        """Whether serving a download costs no encoding (raw views of the tensors)."""
+        return self.codec == "raw" and not self.incremental and not self._masked
+
     def versions(self) -> list[int]:
         """The versions a download may ask for."""
         kept = [self._previous[0]] if self._previous is not None else []

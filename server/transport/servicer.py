@@ -26,12 +26,13 @@ from fedstream.server.core.join_limit import peer_host
 from fedstream.server.core.messages import Assignment, TaskKind
 from fedstream.server.intake.upload import UploadSink
 from fedstream.server.transport import convert
+from fedstream.server.transport.admission_queue import AdmissionQueue
 from fedstream.server.transport.auth import Authenticator
 from fedstream.server.transport.call_limits import CallLimits
 from fedstream.server.transport.statuses import status_of
 
 SERVICE = "fedstream.v1.Coordinator"
-ADMISSION_POLL_SECONDS = 0.05
+INLINE_BYTES = 256 << 10  # byte work this small runs on the loop: a hand-off to the pool would cost more
 log = logging.getLogger("fedstream.server")
 
 
@@ -79,13 +80,17 @@ class CoordinatorServicer:
         self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="bytes")
         self.limits = limits or CallLimits()
         self.waiters: TaskWaiters | None = None
+        self.admission = AdmissionQueue(coordinator.transfers)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Binds the long polls to the serving loop and lets the core wake them."""
         self.waiters = TaskWaiters(loop)
         self.core.wake = self.waiters.wake
 
-    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _offload(self, fn: Callable[..., Any], *args: Any, nbytes: int | None = None) -> Any:
+        """fn(*args) in the byte pool; on the loop itself when it touches at most INLINE_BYTES (nbytes)."""
+        if nbytes is not None and nbytes <= INLINE_BYTES:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def _bound(self, context: grpc.aio.ServicerContext, session_id: str) -> str:
@@ -160,21 +165,22 @@ class CoordinatorServicer:
     async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> None:
         try:
             self._bound(context, request.session_id)
+            small = self.core.model_bytes if self.core.publisher.cheap_to_serve() else None
             stream = await self._offload(self.core.open_download, request.session_id, request.version,
-                                         request.have_version)
+                                         request.have_version, nbytes=small)
         except errors.Refusal as refusal:
             await _abort(context, refusal)
         await context.write(pb.ModelChunk(header=convert.model_header(stream.header)))
-        transfer = await self._admitted(context)
+        transfer = await self.admission.acquire()
         try:
             while True:
-                piece = await self._offload(next, stream.chunks, None)
+                piece = await self._offload(next, stream.chunks, None, nbytes=self.core.config.chunk_bytes)
                 if piece is None:
                     break
                 await self._write(context, DataChunk(memoryview(piece)))
                 transfer.progress()
         finally:
-            self.core.transfers.release(transfer)
+            self.admission.release(transfer)
         await context.write(pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes)))
 
     async def _write(self, context: grpc.aio.ServicerContext, message: Any) -> None:
@@ -184,18 +190,6 @@ class CoordinatorServicer:
         except asyncio.TimeoutError:
             await _abort(context, errors.deadline(
                 f"the download was not read for {self.limits.chunk_seconds:g} s; the server dropped it"))
-
-    async def _admitted(self, context: grpc.aio.ServicerContext):
-        """A transfer slot (--max-transfers), polled from the loop."""
-        waited = False
-        while True:
-            transfer = self.core.transfers.try_acquire(waited)
-            if transfer is not None:
-                return transfer
-            waited = True
-            if context.done():
-                raise asyncio.CancelledError()
-            await asyncio.sleep(ADMISSION_POLL_SECONDS)
 
     async def UploadUpdate(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> pb.UploadReply:
         incoming = requests.__aiter__()
@@ -221,7 +215,8 @@ class CoordinatorServicer:
                 raise errors.invalid(f"client {sink.client_id}'s upload ended without a trailer (the stream closed "
                                      "early: the client went away or stopped sending); nothing was aggregated")
             finished = True
-            await self._offload(self.core.finish_upload, sink, trailer)
+            await self._offload(self.core.finish_upload, sink, trailer,
+                                nbytes=None if self.core.mode.accept_waits else sink.writer.total_bytes)
         except errors.Refusal as refusal:
             if not finished:
                 await self._offload(self.core.abort_upload, sink, refusal.message)
@@ -245,7 +240,7 @@ class CoordinatorServicer:
                        context: grpc.aio.ServicerContext) -> pb.Trailer | None:
         """Spools the upload's data once a transfer slot is free; returns its trailer (None: the stream ended early)."""
         trailer: pb.Trailer | None = None
-        transfer = await self._admitted(context)
+        transfer = await self.admission.acquire()
         try:
             await context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
             async for message in incoming:
@@ -253,21 +248,21 @@ class CoordinatorServicer:
                 if trailer is not None:
                     raise errors.invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
-                    await self._offload(sink.write, message.data)
+                    await self._offload(sink.write, message.data, nbytes=len(message.data))
                     continue
                 if isinstance(message, Malformed):
                     raise errors.invalid(f"client {sink.client_id} sent an undecodable upload message "
                                          f"({message.error}); nothing was aggregated")
                 part = message.WhichOneof("part")
                 if part == "data":
-                    await self._offload(sink.write, message.data)
+                    await self._offload(sink.write, message.data, nbytes=len(message.data))
                 elif part == "trailer":
                     trailer = message.trailer
                 else:
                     raise errors.invalid(f"client {sink.client_id} sent {'a second header' if part else 'an empty message'} "
                                          "in the middle of an upload; nothing was aggregated")
         finally:
-            self.core.transfers.release(transfer)
+            self.admission.release(transfer)
         return trailer
 
 
