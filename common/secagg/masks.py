@@ -51,7 +51,7 @@ class MaskExpander:
             raise SecAggError(f"mask window ends past word {start + count}; ChaCha20's counter covers 256 GiB per seed")
         encryptor = Cipher(algorithms.ChaCha20(seed, block.to_bytes(4, "little") + bytes(12)), None).encryptor()
         if skip:
-            encryptor.update(self._zeros[:skip])
+            encryptor.update(bytes(skip))  # discard the part of the first block before `start`
         out = self._scratch[:count]
         encryptor.update_into(memoryview(self._zeros)[:nbytes], memoryview(out).cast("B"))
         return out
