@@ -19,7 +19,8 @@ def test_ring_is_32_bits_until_the_sum_could_wrap() -> None:
     assert choose_ring(200, 16, 1000)[0] == 32
     assert choose_ring(256, 24, 1000)[0] == 32  # 256 * (2^23 - 1) < 2^31 - 1
     assert choose_ring(257, 24, 1000)[0] == 64  # 257 * (2^23 - 1) > 2^31 - 1
-    assert choose_ring(65_538, 16, 1)[0] == 64
+    assert choose_ring(65_538, 16, 1)[0] == 32  # 65538 * 32767 = 2^31 - 2
+    assert choose_ring(65_539, 16, 1)[0] == 64
     ring, reason = choose_ring(10, 8, 1 << 20)
     assert ring == 32 and "fits" in reason
     with pytest.raises(SecAggError, match="lower --secagg-bits"):
