@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,10 +38,13 @@ def run_round(
     min_clients: int = 2,
     drop_after: dict[int, str] | None = None,
     keep_windows: bool = False,
+    inject: Callable[[str, SecAggServer], None] | None = None,
 ) -> SimResult:
     """One full round; drop_after maps a client to the phase after which it vanishes ("advertise", "share",
-    "receive", "masked")."""
+    "receive", "masked"); inject(phase, server) is called after the honest messages of each
+    phase, before the server closes it, to send hostile ones."""
     drop_after = drop_after or {}
+    hostile = inject or (lambda phase, server: None)
     server = SecAggServer(params, min_clients)
     clients = {i: SecAggClient(server.setup_for(i), np.random.default_rng(1000 + i)) for i in range(1, params.clients + 1)}
     live = set(clients)
@@ -53,10 +57,12 @@ def run_round(
 
     for i in sorted(live):
         server.receive_keys(clients[i].advertise_keys())
+    hostile("advertise", server)
     vanish("advertise")
     for i, message in server.close_advertise().items():
         if i in live:
             server.receive_shares(clients[i].share_keys(message))
+    hostile("share", server)
     vanish("share")
     forwarded = server.close_share_keys()
     for i, message in forwarded.items():
@@ -71,10 +77,12 @@ def run_round(
                 if keep_windows:
                     seen.setdefault(i, []).append(window.words)
             server.finish_masked_input(i)
+    hostile("masked", server)
     vanish("masked")
     for i, request in server.close_masked_input().items():
         if i in live:
             server.receive_unmask(clients[i].unmask(request))
+    hostile("unmask", server)
     ring_sum = server.finish()
     encoding = params.encoding
     decoded = decode_window(ring_sum[:-1], encoding)
