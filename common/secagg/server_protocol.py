@@ -230,6 +230,8 @@ class SecAggServer:
     def finish_masked_input(self, sender: int) -> None:
         """The client's upload ended (trailer): complete means counted, short means discarded."""
         self._expect(ServerPhase.MASKED_INPUT, self.params.round_id, sender, "end of masked input")
+        if sender in self._uploaded:
+            raise SecAggError(f"client {sender} ended its masked input twice; the first upload stands")
         upload = self._uploads.get(sender)
         received = upload.next_offset if upload else 0
         if received != self.params.vector_length:
