@@ -16,6 +16,7 @@ import numpy as np
 from fedstream.common.secagg import shamir
 from fedstream.common.secagg.encoding import check_weight, encode_weight, encode_window
 from fedstream.common.secagg.errors import SecAggAbort, SecAggError
+from fedstream.common.secagg.flat import FlatValues
 from fedstream.common.secagg.graph import harary_graph
 from fedstream.common.secagg.keys import (
     RoundKeys,
@@ -173,11 +174,11 @@ class SecAggClient:
         """The neighbours whose pairwise masks this client adds (the server must agree on them)."""
         return frozenset(self._mask_seeds)
 
-    def masked_input(self, update: np.ndarray, weight: int) -> Iterator[MaskedWindow]:
+    def masked_input(self, update: np.ndarray | FlatValues, weight: int) -> Iterator[MaskedWindow]:
         """The encoded, masked vector [update..., weight] as windows, computed one window at a time."""
         if self.phase is not ClientPhase.MASKED_INPUT:
             raise self._abort(f"masked input requested in phase {self.phase.value}")
-        flat = np.asarray(update).reshape(-1)
+        flat = update if isinstance(update, FlatValues) else np.asarray(update).reshape(-1)
         if flat.size != self.params.vector_length - 1:
             raise SecAggError(f"update has {flat.size} values; this round's model has {self.params.vector_length - 1}")
         whole_weight = check_weight(weight, self.params.encoding)
@@ -185,7 +186,7 @@ class SecAggClient:
         return self._windows(flat, whole_weight, self._self_mask_seed, sorted(self._mask_seeds.items()))
 
     def _windows(
-        self, flat: np.ndarray, weight: int, self_mask_seed: bytes, pairwise: list[tuple[int, bytes]]
+        self, flat: np.ndarray | FlatValues, weight: int, self_mask_seed: bytes, pairwise: list[tuple[int, bytes]]
     ) -> Iterator[MaskedWindow]:
         params = self.params
         encoding = params.encoding
