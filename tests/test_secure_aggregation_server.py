@@ -376,3 +376,36 @@ def test_any_bytes_parse_to_a_message_or_a_clear_refusal(payload: bytes, parse) 
         parse(payload)
     except SecAggError as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize("strategy", ["median", "trimmed-mean", "krum"])
+def test_strategies_that_need_every_update_are_refused(strategy: str) -> None:
+    mode = SecureAggregation(SecAggSettings(clip=0.1))
+    with pytest.raises(ValueError, match=f"--strategy {strategy} needs every client's update"):
+        mode.check(ServerConfig(min_clients=2), make_strategy(strategy))
+
+
+def test_central_and_local_dp_are_refused_with_the_reason() -> None:
+    from fedstream.server.aggregation.privacy import make_dp_strategy
+
+    mode = SecureAggregation(SecAggSettings(clip=0.1))
+    for kind in ("central", "local"):
+        strategy = make_dp_strategy(make_strategy("fedavg"), kind, "1.0", 1.0, 1e-5, None, {})
+        with pytest.raises(ValueError, match="distributed DP .* is not built"):
+            mode.check(ServerConfig(min_clients=2), strategy)
+
+
+@pytest.mark.parametrize("settings_, flag", [(dict(clip=0.0), "--secagg-clip"), (dict(clip=0.1, bits=1), "--secagg-bits"),
+                                            (dict(clip=0.1, neighbours=5), "--secagg-neighbours"),
+                                            (dict(clip=0.1, neighbours=8, threshold=4), "--secagg-threshold")])
+def test_unsafe_settings_are_refused_naming_the_flag(settings_: dict, flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        SecureAggregation(SecAggSettings(**settings_))
+
+
+def test_the_command_line_needs_a_clip(capsys) -> None:
+    from fedstream.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["server", "--insecure", "--secure-aggregation", "--rounds", "1"])
+    assert "--secure-aggregation needs --secagg-clip" in capsys.readouterr().err
