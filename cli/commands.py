@@ -87,6 +87,18 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-exponent", type=positive_float, default=0.5, help="async: a for --staleness poly")
     p.add_argument("--max-staleness", type=non_negative_int, default=10,
                    help="async: updates more versions old than this are refused")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="SecAgg+: the server learns only the sum of each round's updates (docs/secure-aggregation.md); "
+                        "same as --mode secure-aggregation")
+    p.add_argument("--secagg-clip", type=positive_float, default=None,
+                   help="secure aggregation: each coordinate of an update is clipped to ±C before masking (required)")
+    p.add_argument("--secagg-bits", type=positive_int, default=16,
+                   help="secure aggregation: bits of one client's weighted coordinate (fixed point)")
+    p.add_argument("--secagg-neighbours", type=positive_int, default=None,
+                   help="secure aggregation: neighbours K of each client (default: the smallest K whose round fails "
+                        "with probability <= 1e-6 at 10%% dropouts)")
+    p.add_argument("--secagg-threshold", type=positive_int, default=None,
+                   help="secure aggregation: Shamir threshold T (default K/2 + 1)")
     p.add_argument("--upload-codec", choices=available_codecs(), default="raw",
                    help="how clients encode their deltas (see docs/compression.md)")
     p.add_argument("--download-codec", choices=available_codecs(), default="raw",
@@ -254,7 +266,24 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--client-setting: {exc}")
     from fedstream.server.modes import AsyncSettings, make_mode
 
-    if args.mode == "async":
+    if args.secure_aggregation:
+        if args.mode not in ("sync", "secure-aggregation"):
+            parser.error(f"--secure-aggregation runs its own synchronous rounds; drop --mode {args.mode}")
+        args.mode = "secure-aggregation"
+    elif any(v is not None for v in (args.secagg_clip, args.secagg_neighbours, args.secagg_threshold)):
+        parser.error("--secagg-clip, --secagg-neighbours and --secagg-threshold need --secure-aggregation")
+    if args.mode == "secure-aggregation":
+        from fedstream.server.modes import SecAggSettings
+
+        if args.secagg_clip is None:
+            parser.error("--secure-aggregation needs --secagg-clip C: each coordinate is clipped to ±C before "
+                         "masking, since the server cannot clip what it cannot see (try 0.1)")
+        try:
+            mode = make_mode("secure-aggregation", settings=SecAggSettings(
+                args.secagg_clip, args.secagg_bits, args.secagg_neighbours, args.secagg_threshold))
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.mode == "async":
         mode = make_mode("async", settings=AsyncSettings.from_flags(args.buffer_size, args.staleness,
                                                                      args.staleness_exponent, args.max_staleness))
     else:

@@ -33,6 +33,8 @@ class CoordinatorStub:
         self.DownloadModel = channel.unary_stream(SERVICE + "DownloadModel", pb.DownloadRequest.SerializeToString,
                                                   deserializer(pb.ModelChunk))
         self.UploadUpdate = channel.stream_unary(SERVICE + "UploadUpdate", serializer, pb.UploadReply.FromString)
+        self.Exchange = channel.unary_unary(SERVICE + "Exchange", pb.ExchangeRequest.SerializeToString,
+                                            pb.ExchangeReply.FromString)
 
 
 def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None,

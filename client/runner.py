@@ -25,6 +25,7 @@ from fedstream.client.held_model import HeldModel, delta_from
 from fedstream.client.masks import keep_pruned, masks_for
 from fedstream.client.privacy import privatize_delta
 from fedstream.client.device_copy import delta_into, load_state, local_state
+from fedstream.client.secure_aggregation import CAPABILITY as SECAGG, SecureAggregationClient, exit_for_test
 from fedstream.client.dp_sgd import DpSgdSettings, DpSgdTrainer, check_model
 from fedstream.client.server_checks import (BadAnswer, BadAnswerCounter, ClientLimits, ModelExpectation,
                                             check_join_reply, check_task, loggable, seed_of, torch_seed)
@@ -34,6 +35,8 @@ from fedstream.common.codecs.registry import available_codecs
 from fedstream.common.codecs.plan import ERROR_FEEDBACK, INCREMENTAL, chooser, topk_fraction_of
 from fedstream.common.training.partition import partition_indices
 from fedstream.common.proto import coordinator_pb2 as pb
+from fedstream.common.secagg import wire as secagg_wire
+from fedstream.common.secagg.errors import SecAggError
 from fedstream.common.tasks import Task, TrainSettings
 from fedstream.common.wire.manifest import reference_of
 from fedstream.common.wire.protocol import PROTOCOL_VERSION
@@ -106,6 +109,7 @@ class FederatedClient:
                                          config.limits.model_bytes_for(state_nbytes(own)))
         self.bad_answers = BadAnswerCounter(config.client_id, config.limits.max_bad_answers,
                                             config.limits.retry_backoff)
+        self.secagg = SecureAggregationClient()
 
     # ----- session ------------------------------------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class FederatedClient:
         """Joins until the server's reply passes check_join_reply (each bad reply counts as a bad answer)."""
         request = pb.JoinRequest(client_id=self.config.client_id, protocol_version=PROTOCOL_VERSION,
                                  device=str(self.device), codecs=self.config.codecs, token=self.config.token,
-                                 num_examples=len(self.data))
+                                 num_examples=len(self.data), capabilities=[SECAGG])
         diagnose = None
         if self.config.credentials is not None:
             diagnose = partial(diagnose_handshake, target=self.config.server, server_name=self.config.server_name)
@@ -176,7 +180,10 @@ class FederatedClient:
                     continue
                 pacer.reset()
                 try:
-                    self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
+                    if task.kind == pb.Task.EXCHANGE:
+                        self.exchange_round(task)
+                    else:
+                        self.train_round(task) if task.kind == pb.Task.TRAIN else self.evaluate_round(task)
                     self.bad_answers.reset()
                 except grpc.RpcError as exc:
                     if not self._run_over.is_set():
@@ -259,6 +266,27 @@ class FederatedClient:
         log.info("client=%s round=%d evaluated version %d: accuracy %.4f", self.config.client_id, task.round,
                  task.version, metrics.get("accuracy", float("nan")))
 
+    def exchange_round(self, task: pb.Task) -> None:
+        """One phase of a multi-phase round (secure aggregation); the masked-input phase trains and uploads."""
+        cid = self.config.client_id
+        try:
+            if task.phase == secagg_wire.MASKED_INPUT:
+                self.secagg.receive_shares(task.payload)
+                self.train_round(task)
+            else:
+                answer = self.secagg.answer(task.phase, task.payload)
+                self.stub.Exchange(pb.ExchangeRequest(session_id=self.session.session_id, round=task.round,
+                                                      phase=task.phase, payload=answer), timeout=30)
+        except SecAggError as exc:
+            self.secagg.forget()
+            log.warning("client=%s round=%d leaves secure aggregation in phase %s: %s", cid, task.round, task.phase,
+                        exc)
+            self.stub.Exchange(pb.ExchangeRequest(session_id=self.session.session_id, round=task.round,
+                                                  phase=secagg_wire.ABORT, payload=str(exc)[:200].encode()),
+                               timeout=30)
+            return
+        exit_for_test(task.phase)
+
     def train_round(self, task: pb.Task) -> None:
         cid = self.config.client_id
         started = time.perf_counter()
@@ -293,6 +321,9 @@ class FederatedClient:
             privatize_delta(delta, task.config.clip_norm, task.config.noise_multiplier)
         if self.config.save_updates is not None:
             self._save_update(task, delta)
+        if task.kind == pb.Task.EXCHANGE:
+            self._upload_masked(task, delta, started)
+            return
         metrics = {**metrics, "train_seconds": time.perf_counter() - started}
         self.feedback.bind(run_id, options.get(ERROR_FEEDBACK, "1") == "1")
         encoded = self.feedback.encode(delta, chooser(self.session.upload_codec, got.masked, topk_fraction_of(options)),
@@ -331,6 +362,17 @@ class FederatedClient:
             return {}
         scores = self.task.evaluate(self.model, self.personal_test, self.device)
         return {f"{prefix}eval_{key}": float(value) for key, value in scores.items()}
+
+    def _upload_masked(self, task: pb.Task, delta: Mapping[str, torch.Tensor], started: float) -> None:
+        """Secure aggregation: the masked vector, computed window by window, as one upload (no metrics: the
+        server sees nothing of one client but its masked words). Sent once: a retry would re-encode it."""
+        manifest, windows = self.secagg.masked_upload(delta, len(self.data))
+        reply, nbytes = upload(self.stub, self.session.session_id, task.round, task.version, delta, len(self.data), {},
+                               "raw", self.session.chunk_bytes, encoded=(manifest, windows),
+                               chunk_delay=self.config.upload_chunk_delay, admission=self.session.upload_admission)
+        self.rounds_trained += 1
+        log.info("client=%s round=%d uploaded its masked update, %.1f MB in %.2f s (%s)", self.config.client_id,
+                 task.round, nbytes / 1e6, time.perf_counter() - started, "accepted" if reply.accepted else "refused")
 
     def local_train(self, settings: TrainSettings, generator: torch.Generator,
                     global_params: Mapping[str, torch.Tensor] | None) -> dict[str, float]:

@@ -31,7 +31,8 @@ MAX_HEARTBEAT_SECONDS = 600
 MAX_BATCH_SIZE = 1 << 20
 MAX_TEXT = 256  # run and session ids: they reach this client's log lines and requests
 SEED_RANGE = (-(1 << 63), 1 << 63)  # what an int64 holds; the server derives seeds from its own int --seed
-KNOWN_KINDS = {pb.Task.WAIT, pb.Task.TRAIN, pb.Task.EVALUATE, pb.Task.FINISH}
+MAX_EXCHANGE_BYTES = 16 << 20  # a phase message: keys or shares for at most a few hundred neighbours
+KNOWN_KINDS = {pb.Task.WAIT, pb.Task.TRAIN, pb.Task.EVALUATE, pb.Task.FINISH, pb.Task.EXCHANGE}
 
 
 class BadAnswer(ValueError):
@@ -98,7 +99,12 @@ def _clamped(field: str, value: int, low: int, high: int, unit: str) -> int:
 def check_task(task: pb.Task, limits: ClientLimits, own_epochs: int | None) -> None:
     """BadAnswer unless every value of a task lies within this client's bounds (own_epochs: --local-epochs)."""
     if task.kind not in KNOWN_KINDS:
-        raise BadAnswer("Task.kind", task.kind, "expected WAIT, TRAIN, EVALUATE or FINISH")
+        raise BadAnswer("Task.kind", task.kind, "expected WAIT, TRAIN, EVALUATE, EXCHANGE or FINISH")
+    if task.kind == pb.Task.EXCHANGE:
+        if len(task.phase) > 64 or len(task.payload) > MAX_EXCHANGE_BYTES:
+            raise BadAnswer("Task.phase/payload", f"{len(task.phase)} chars/{len(task.payload)} bytes",
+                            f"at most 64 chars and {MAX_EXCHANGE_BYTES} bytes")
+        return
     if task.kind not in (pb.Task.TRAIN, pb.Task.EVALUATE):
         return
     config = task.config

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
-PROTO_FILES = ("fedstream/v1/coordinator.proto",)
+PROTO_FILES = ("fedstream/v1/coordinator.proto", "fedstream/v1/secagg.proto")
 GENERATED_DIR = Path(__file__).resolve().parent / "proto"
 _PROTOC_IMPORT = "from fedstream.v1 import coordinator_pb2"
 _PACKAGE_IMPORT = "from fedstream.common.proto import coordinator_pb2"

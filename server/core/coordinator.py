@@ -136,6 +136,7 @@ class Coordinator:
             raise errors.invalid(f"client {client_id}: device name ({len(request.device)} chars), codec list "
                                  f"({len(offered)} entries) or capabilities ({len(capabilities)}) too long; at most "
                                  "128 chars, 32 codecs and 16 capabilities")
+        self.mode.admit_client(client_id, capabilities)
         codec = self.config.upload_codec if self.config.upload_codec in offered else "raw"
         examples = self.bounds.joined_examples(client_id, int(request.num_examples))
         with self.cond:

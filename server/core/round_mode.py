@@ -49,6 +49,9 @@ class RoundMode(ABC):
     def checkpoint_extra(self) -> dict[str, Any]:
         return {}
 
+    def admit_client(self, client_id: str, capabilities: frozenset[str]) -> None:
+        """A client joins with these capabilities (JoinRequest.capabilities); raise a Refusal to turn it away."""
+
     @abstractmethod
     def run(self) -> None:
         """Drives the run until `core.config.rounds` versions exist or the run is finished."""
