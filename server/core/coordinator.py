@@ -53,6 +53,7 @@ log = logging.getLogger("fedstream.server")
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 MAX_WAIT_SECONDS = 30.0
+EXPIRE_EVERY = 0.5
 
 
 class Coordinator:
@@ -91,6 +92,7 @@ class Coordinator:
         self.stopping = ""
         self.strategy_stop = ""
         self.returning: set[str] = set()
+        self._expired_at = 0.0
         self.pruning = GlobalPruning(PruneSchedule.parse(config.prune_schedule, config.rounds), self.global_state)
         self.publisher = ModelPublisher(config.download_codec, config.incremental_download, config.topk_fraction,
                                         keep_previous=mode.served_versions > 1)
@@ -191,7 +193,12 @@ class Coordinator:
             log.info("client=%s left: %s", session.client_id, printable(reason))
 
     def expire(self) -> None:
-        """Closes sessions that stopped talking. Call under the lock."""
+        """Closes sessions that stopped talking (a scan of all sessions, so at most every EXPIRE_EVERY seconds).
+        Call under the lock."""
+        now = time.monotonic()
+        if now - self._expired_at < EXPIRE_EVERY:
+            return
+        self._expired_at = now
         for session in self.sessions.expire():
             reason = f"no contact for {self.config.session_timeout:.0f} s"
             log.warning("client=%s session expired (%s)", session.client_id, reason)
