@@ -1,11 +1,11 @@
-"""`fedstream` command line: server, client, demo."""
+"""`fedstream` command line: server, client, relay, demo, certs, simulate."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fedstream.cli import certs, commands
+from fedstream.cli import certs, commands, relay
 from fedstream.cli.options import parse_with_config
 from fedstream.client import simulation
 from fedstream.common.allocator import tune_malloc
@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "server": (commands.server_parser, commands.run_server, "run the coordinator"),
     "client": (commands.client_parser, commands.run_client, "run a training client"),
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
+    "relay": (relay.relay_parser, relay.run_relay, "relay between clients and a coordinator: aggregates its clients "
+                                                    "and sends their partial sum upstream"),
     "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
     "simulate": (simulation.simulate_parser, simulation.run_simulate, "many clients in Ray actors against a server"),
 }

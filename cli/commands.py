@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from fedstream.cli.options import host_port, key_value, non_negative_float, non_negative_int, positive_float, positive_int
+from fedstream.cli.options import host_port, id_list, key_value, non_negative_float, non_negative_int, positive_float, positive_int
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
 from fedstream.common.allocator import tune_malloc
 from fedstream.common.codecs.registry import available_codecs
@@ -65,7 +65,7 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                         "also set --dp-option noise_seed; local DP and DP-SGD noise is the clients' own secret)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
-    p.add_argument("--mode", choices=sorted(MODE_NAMES), default="sync",
+    p.add_argument("--mode", choices=sorted(set(MODE_NAMES) - {"relay"}), default="sync",  # relay: `fedstream relay`
                    help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates; "
                         "over-selection: a round closes at the first --min-clients updates")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
@@ -74,6 +74,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-exponent", type=positive_float, default=0.5, help="async: a for --staleness poly")
     p.add_argument("--max-staleness", type=non_negative_int, default=10,
                    help="async: updates more versions old than this are refused")
+    p.add_argument("--relay-ids", type=id_list, default=frozenset(), metavar="ID,ID,...|*",
+                   help="client ids allowed to join as relays (`fedstream relay --client-id`), whose updates are "
+                        "partial sums of their own clients; * for any (docs/relays.md)")
     p.add_argument("--upload-codec", choices=available_codecs(), default="raw")
     p.add_argument("--download-codec", choices=available_codecs(), default="raw")
     p.add_argument("--topk-fraction", type=positive_float, default=0.01,
@@ -207,7 +210,7 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           topk_fraction=args.topk_fraction, error_feedback=args.error_feedback == "on",
                           incremental_download=args.incremental_download, prune_schedule=args.prune_schedule,
                           federated_eval=args.federated_eval, eval_every=args.eval_every,
-                          reproducible=args.reproducible)
+                          reproducible=args.reproducible, relay_ids=args.relay_ids)
     security = server_security(args, parser)
     try:
         mode.check(config, strategy)

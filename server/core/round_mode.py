@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 class RoundMode(ABC):
     name: str = ""
     served_versions: int = 1  # how many published versions stay downloadable (the current one, and older ones)
+    accepts_relays: bool = False  # whether a relay's partial sum may answer this mode's tasks
 
     def bind(self, core: "Coordinator") -> None:
         """Called once by the core's constructor, before any client can call."""

@@ -11,12 +11,14 @@ from typing import Callable
 from fedstream.server.core.round_mode import RoundMode
 from fedstream.server.modes.buffered_async import AsyncSettings, BufferedAsync
 from fedstream.server.modes.over_selection import OverSelection
+from fedstream.server.modes.relay import RelayRounds
 from fedstream.server.modes.sync_rounds import SyncRounds
 
 MODES: dict[str, Callable[..., RoundMode]] = {
     "sync": SyncRounds,
     "async": BufferedAsync,
     "over-selection": OverSelection,
+    "relay": RelayRounds,
 }
 
 
@@ -29,4 +31,4 @@ def make_mode(name: str, **settings: object) -> RoundMode:
     return factory(**settings)
 
 
-__all__ = ["AsyncSettings", "BufferedAsync", "MODES", "RoundMode", "SyncRounds", "make_mode"]
+__all__ = ["AsyncSettings", "BufferedAsync", "MODES", "RelayRounds", "RoundMode", "SyncRounds", "make_mode"]
