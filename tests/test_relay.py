@@ -319,7 +319,7 @@ def test_fedavg_over_two_relays_equals_flat_fedavg_over_their_leaves(tmp_path: P
     assert len(glob.glob(str(saved / "*.safetensors"))) == 18
     _assert_close(flat_fedavg(top.run_dir, saved, 3, 3), top.run_dir / "model.safetensors")
     relay_lines = [json.loads(line) for line in (relays[0].run_dir / "metrics.jsonl").read_text().splitlines()]
-    uploaded = [r for r in relay_lines if r["uploaded"]]
+    uploaded = [r for r in relay_lines if r["uploaded"]]  # a first round may fail while leaves still start
     assert [(r["round"], r["aggregated_clients"], r["num_examples"]) for r in uploaded] == \
         [(n, 3, uploaded[0]["num_examples"]) for n in (1, 2, 3)]
 
@@ -358,15 +358,13 @@ def test_a_relay_killed_mid_upload_contributes_nothing_and_resumes_when_restarte
 
 @pytest.mark.slow
 def test_a_leaf_killed_under_a_relay_leaves_the_rest_of_its_tier_counted(tmp_path: Path) -> None:
-    top = start_server(tmp_path / "top", *TASK, "--rounds", "2", "--min-clients", "2", "--round-timeout", "60",
-                       "--relay-ids", "r1,r2", "--local-epochs", "1", "--seed", "5", "--wait-for-clients", "60")
+    top = start_server(tmp_path / "top", *TASK, "--rounds", "2", "--min-clients", "1", "--round-timeout", "60",
+                       "--relay-ids", "r1", "--local-epochs", "1", "--seed", "5", "--wait-for-clients", "60")
     saved = tmp_path / "saved"
     try:
-        r1 = start_relay(top, "r1", "--min-clients", "2", "--round-timeout", "12")
-        r2 = start_relay(top, "r2", "--min-clients", "2", "--round-timeout", "50")
-        leaves = [_leaf(r1, top, i, 5, saved, *(["--slowdown", "200"] if i == 0 else [])) for i in range(3)]
-        leaves += [_leaf(r2, top, i, 5, saved) for i in (3, 4)]
-        _wait_log(r1, "round=1 relaying version", 90)
+        r1 = start_relay(top, "r1", "--min-clients", "2", "--round-timeout", "8")
+        leaves = [_leaf(r1, top, i, 3, saved, *(["--slowdown", "500"] if i == 0 else [])) for i in range(3)]
+        _wait_log(r1, "relaying version 0 to 3 clients", 90)
         time.sleep(1.0)
         leaves[0].kill()
         assert top.wait(150) == 0, top.log()[-3000:]
@@ -374,8 +372,9 @@ def test_a_leaf_killed_under_a_relay_leaves_the_rest_of_its_tier_counted(tmp_pat
         top.stop()
     records = [json.loads(line) for line in (top.run_dir / "metrics.jsonl").read_text().splitlines()]
     relay_lines = [json.loads(line) for line in (r1.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["uploaded"], r["aggregated_clients"]) for r in relay_lines] == [(True, 2), (True, 2)]
-    assert "leaf0" in relay_lines[0]["dropped"]
-    assert [r["relays"] for r in records] == [{"r1": 2, "r2": 2}] * 2
+    forwarded = [r for r in relay_lines if r["uploaded"]]
+    assert [(r["aggregated_clients"], sorted(r["accepted"])) for r in forwarded] == [(2, ["leaf1", "leaf2"])] * 2
+    assert "leaf0" in forwarded[0]["dropped"]
+    assert [r["relays"] for r in records] == [{"r1": 2}] * 2
     assert not glob.glob(str(saved / "leaf0-*")), "the killed leaf never finished training"
     _assert_close(flat_fedavg(top.run_dir, saved, 5, 2), top.run_dir / "model.safetensors")
