@@ -1,11 +1,11 @@
-"""`fedstream` command line: server, client, demo."""
+"""`fedstream` command line: server, client, relay, demo, certs, simulate."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fedstream.cli import certs, commands, simulate, status
+from fedstream.cli import certs, commands, relay, simulate, status
 from fedstream.cli.options import parse_with_config
 from fedstream.cli.parser import DefaultsHelpFormatter, OneLineErrorParser
 from fedstream.cli.security import REQUIRED
@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "server": (commands.server_parser, commands.run_server, f"run the coordinator ({REQUIRED})"),
     "client": (commands.client_parser, commands.run_client, f"run a training client ({REQUIRED})"),
     "demo": (commands.demo_parser, commands.run_demo, "server + clients on 127.0.0.1 in one command"),
+    "relay": (relay.relay_parser, relay.run_relay, "relay between clients and a coordinator: aggregates its clients "
+                                                    "and sends their partial sum upstream"),
     "certs": (certs.certs_parser, certs.run_certs, "create the federation's CA, server and client certificates"),
     "simulate": (simulate.simulate_parser, simulate.run_simulate, "many clients in Ray actors against a server"),
     "status": (status.status_parser, status.run_status, "print the state of a running server from its dashboard"),

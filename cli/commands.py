@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from fedstream.cli.options import (host_port, key_value, naming_flag, non_negative_float, non_negative_int, positive_float,
+from fedstream.cli.options import (host_port, id_list, key_value, naming_flag, non_negative_float, non_negative_int, positive_float,
                                    positive_int)
 from fedstream.cli.dashboard_flags import add_dashboard_flags
 from fedstream.cli.security import add_client_security_flags, add_server_security_flags, client_security, server_security
@@ -78,7 +78,7 @@ def server_parser(p: argparse.ArgumentParser) -> None:
                         "also set --dp-option noise_seed; local DP and DP-SGD noise is the clients' own secret)")
     p.add_argument("--federated-eval", action="store_true",
                    help="after each round, clients also score the new model on their own test split")
-    p.add_argument("--mode", choices=sorted(MODE_NAMES), default="sync",
+    p.add_argument("--mode", choices=sorted(set(MODE_NAMES) - {"relay"}), default="sync",  # relay: `fedstream relay`
                    help="sync: rounds wait for their clients; async: FedBuff, a version every --buffer-size updates; "
                         "over-selection: a round closes at the first --min-clients updates")
     p.add_argument("--buffer-size", type=positive_int, default=10, help="async: updates folded into each version (K)")
@@ -87,6 +87,9 @@ def server_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-exponent", type=positive_float, default=0.5, help="async: a for --staleness poly")
     p.add_argument("--max-staleness", type=non_negative_int, default=10,
                    help="async: updates more versions old than this are refused")
+    p.add_argument("--relay-ids", type=id_list, default=frozenset(), metavar="ID,ID,...|*",
+                   help="client ids allowed to join as relays (`fedstream relay --client-id`), whose updates are "
+                        "partial sums of their own clients; * for any (docs/relays.md)")
     p.add_argument("--secure-aggregation", action="store_true",
                    help="SecAgg+: the server learns only the sum of each round's updates (docs/secure-aggregation.md); "
                         "same as --mode secure-aggregation")
@@ -305,17 +308,19 @@ def run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           federated_eval=args.federated_eval, eval_every=args.eval_every,
                           reproducible=args.reproducible, sample_grace=args.sample_grace,
                           max_examples=args.max_examples, weight_cap_factor=args.weight_cap_factor,
-                          max_update_norm=args.max_update_norm, norm_bound_factor=args.norm_bound_factor)
-    security = server_security(args, parser)
+                          max_update_norm=args.max_update_norm, norm_bound_factor=args.norm_bound_factor,
+                          relay_ids=args.relay_ids)
     try:
         mode.check(config, strategy)
     except ValueError as exc:
         parser.error(f"--mode {args.mode}: {exc}")
+    security = server_security(args, parser)
     progress = RoundProgress(config.rounds)
     view = run_view(run_dir, task=task.name, mode=args.mode, strategy=strategy.name, rounds=config.rounds,
                     dp=args.dp or "off", delta=args.delta if args.dp else None, address=args.address,
                     clients_per_round=config.clients_per_round, min_clients=config.min_clients,
-                    buffer_size=args.buffer_size if args.mode == "async" else None, secure_aggregation=False)
+                    buffer_size=args.buffer_size if args.mode == "async" else None,
+                    secure_aggregation=args.mode == "secure-aggregation")
 
     def on_round(record: dict) -> None:
         progress.round_done(record)

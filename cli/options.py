@@ -33,6 +33,14 @@ def host_port(text: str) -> str:
     return text
 
 
+def id_list(text: str) -> frozenset[str]:
+    """ID,ID,... (or * for any) as a set of ids."""
+    ids = frozenset(part.strip() for part in text.split(",") if part.strip())
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected ID,ID,... or *, got {text!r}")
+    return ids
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

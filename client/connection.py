@@ -30,6 +30,8 @@ class CoordinatorStub:
         self.Leave = channel.unary_unary(SERVICE + "Leave", pb.LeaveRequest.SerializeToString, pb.LeaveReply.FromString)
         self.ReportEvaluation = channel.unary_unary(SERVICE + "ReportEvaluation", pb.EvaluationReport.SerializeToString,
                                                     pb.EvaluationReply.FromString)
+        self.Exchange = channel.unary_unary(SERVICE + "Exchange", pb.ExchangeRequest.SerializeToString,
+                                            pb.ExchangeReply.FromString)
         self.DownloadModel = channel.unary_stream(SERVICE + "DownloadModel", pb.DownloadRequest.SerializeToString,
                                                   deserializer(pb.ModelChunk))
         self.UploadUpdate = channel.stream_unary(SERVICE + "UploadUpdate", serializer, pb.UploadReply.FromString)

@@ -142,8 +142,10 @@ def upload(stub, session_id: str, round_number: int, base_version: int, delta: M
            num_examples: int, metrics: Mapping[str, float], codec: str, chunk_bytes: int,
            upload_id: str | None = None, timeout: float | None = None,
            chunk_delay: float = 0.0, encoded: tuple[pb.Manifest, list] | None = None,
-           admission: bool = False) -> tuple[pb.UploadReply, int]:
+           admission: bool = False, aggregated_clients: int = 0) -> tuple[pb.UploadReply, int]:
     """Streams delta (or its already encoded manifest and buffers); returns the reply and the payload bytes sent.
+
+    aggregated_clients: a relay's partial sum names how many leaf clients it folded (0 for an ordinary client).
 
     admission: the server admits a bounded number of uploads at a time (JoinReply.upload_admission); wait for
     its signal before sending data, so a waiting upload holds no model bytes in the server's buffers.
@@ -151,7 +153,7 @@ def upload(stub, session_id: str, round_number: int, base_version: int, delta: M
     manifest, buffers = encoded if encoded is not None else encode_state(delta, codec)
     header = pb.UpdateHeader(session_id=session_id, round=round_number, base_version=base_version,
                              num_examples=num_examples, metrics=dict(metrics), manifest=manifest,
-                             upload_id=upload_id or uuid.uuid4().hex)
+                             upload_id=upload_id or uuid.uuid4().hex, aggregated_clients=aggregated_clients)
     metadata = ((SESSION_KEY, session_id),)
     if not admission:
         return stub.UploadUpdate(upload_messages(header, buffers, chunk_bytes, chunk_delay), timeout=timeout,

@@ -2,7 +2,10 @@
 
 - Weight: a claim at Join above `--max-examples` is clipped to it; an update's weight is clipped to
   `--weight-cap-factor` × the median claim of the connected clients (a client claiming 10^15 examples counts
-  as much as ten median clients, not as everyone else together). Each clip is logged and recorded.
+  as much as ten median clients, not as everyone else together). Each clip is logged and recorded. A relay's
+  partial sum (a session that joined with the "relay" capability, allowed by --relay-ids) is exempt from the
+  median cap: its weight is the sum of its clients' examples, already capped by the relay, and at most
+  --max-examples.
 - Norm: an update whose L2 norm exceeds the bound is scaled down to it (its direction is kept). The bound is
   `--max-update-norm` when set; otherwise `--norm-bound-factor` × the median norm of the updates the last
   round accepted, or, before any round closed, × max(‖global model‖, 1). Recorded per round as `norm_bound`.
@@ -66,7 +69,7 @@ class UpdateBounds:
 
     def bound(self, info: UpdateInfo, weight: float, scale: float) -> tuple[float, float]:
         """The weight and scale an update folds with, after the cap and the norm bound."""
-        cap = self.weight_cap()
+        cap = float(self.max_examples) if info.relay else self.weight_cap()
         if weight > cap:
             log.warning("client=%s update weight %g clipped to %g (%g × the median claim; --weight-cap-factor)",
                         info.client_id, weight, cap, self.cap_factor)

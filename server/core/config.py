@@ -47,3 +47,4 @@ class ServerConfig:
     learning_rate: float | None = None
     train_options: dict[str, str] = field(default_factory=dict)
     client_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    relay_ids: frozenset[str] = frozenset()  # client ids allowed to join as relays ("*": any)

@@ -34,6 +34,7 @@ from fedstream.server.core.client_settings import apply_client_settings
 from fedstream.server.core.config import ServerConfig
 from fedstream.server.core.join_limit import JoinRateLimit
 from fedstream.server.core.observer import NullObserver, Observer
+from fedstream.server.core.relay_policy import RELAY, check_relay_join
 from fedstream.server.core.messages import (Assignment, Beat, DownloadHeader, DownloadStream, JoinResult, TaskKind,
                                             TrainConfig)
 from fedstream.server.core.sessions import Session, SessionRegistry, UnknownSession
@@ -139,6 +140,8 @@ class Coordinator:
                                  f"({len(offered)} entries) or capabilities ({len(capabilities)}) too long; at most "
                                  "128 chars, 32 codecs and 16 capabilities")
         self.mode.admit_client(client_id, capabilities)
+        if RELAY in capabilities:
+            check_relay_join(client_id, self.config, self.strategy, self.mode)
         codec = self.config.upload_codec if self.config.upload_codec in offered else "raw"
         examples = self.bounds.joined_examples(client_id, int(request.num_examples))
         with self.cond:
@@ -302,11 +305,18 @@ class Coordinator:
             session = self.session(header.session_id)
             client = session.client_id
             ticket = self.mode.admit(client, session, header)
-            layout = check_header(client, header, session.num_examples, self.mode.upload_reference(),
-                                  accepted_codecs(session.upload_codec), self.max_update_bytes)
+            relay = RELAY in session.capabilities
+            joined = self.bounds.max_examples if relay else session.num_examples
+            layout = check_header(client, header, joined, self.mode.upload_reference(),
+                                  accepted_codecs(session.upload_codec), self.max_update_bytes, relay)
             self.mode.upload_started(client, ticket, header)
         self.observer.client_state(client, "uploading")
-        return UploadSink.open(self.spool, client, header, layout, ticket)
+        return UploadSink.open(self.spool, client, header, layout, ticket, relay)
+
+    def is_relay(self, client_id: str) -> bool:
+        """Whether client_id's session joined as a relay (its updates are partial sums). Call under the lock."""
+        session = self.sessions.by_client(client_id)
+        return session is not None and RELAY in session.capabilities
 
     def validated_update(self, sink: UploadSink, trailer: Any) -> SpooledUpdate:
         """The spooled update once its length, CRC and values (finite; norm recorded) check out; else a refusal."""
@@ -410,6 +420,25 @@ class Coordinator:
         else:
             self.epilogue.submit(lambda: self._finish(record, checkpoint, None))
         return True
+
+    def adopt(self, version: int, state: Mapping[str, torch.Tensor], masked: list[str]) -> None:
+        """Makes another server's version this core's current one, served as it is (a relay serves its upstream's
+        versions instead of publishing its own): checked against the model's layout, then published."""
+        for name, tensor in state.items():
+            if self.reference.get(name) != (tensor.dtype, tuple(tensor.shape)):
+                raise ValueError(f"version {version} from upstream has tensor {name} as {tensor.dtype} "
+                                 f"{list(tensor.shape)}; this server's model has {self.reference.get(name)}")
+        if set(state) != set(self.reference):
+            raise ValueError(f"version {version} from upstream names other tensors than this server's model: "
+                             f"{sorted(set(state) ^ set(self.reference))[:3]}")
+        adopted = OrderedDict((k, state[k].contiguous()) for k in self.reference)
+        prepared = self.publisher.prepare(version, adopted, masked, masks_changed=True)
+        self.bounds.set_model(adopted)
+        with self.cond:
+            self.global_state = adopted
+            self.version = version
+            self.publisher.commit(prepared, masked)
+            self.notify()
 
     def _finish(self, record: RoundRecord, checkpoint: Checkpoint, after: Callable[[RoundRecord], None] | None) -> None:
         """The epilogue: evaluation, the mode's own step, the metrics line, the checkpoint, the callbacks."""

@@ -35,6 +35,7 @@ class RoundMode(ABC):
     name: str = ""
     served_versions: int = 1  # how many published versions stay downloadable (the current one, and older ones)
     accept_waits: bool = False  # whether accept may block (waiting for room): the transport then never runs it inline
+    accepts_relays: bool = False  # whether a relay's partial sum may answer this mode's tasks
 
     def bind(self, core: "Coordinator") -> None:
         """Called once by the core's constructor, before any client can call."""

@@ -45,6 +45,8 @@ class UpdateInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     upload_id: str = ""
     sq_norm: float = 0.0
+    aggregated_clients: int = 1  # a relay's partial sum: how many leaf clients it folded
+    relay: bool = False  # sent by a session that joined with the "relay" capability
 
 
 class SpoolPool:

@@ -16,13 +16,26 @@ from fedstream.server.intake.spool import SpoolError, SpoolPool, SpoolWriter, Up
 
 MAX_METRICS = 64
 MAX_LABEL_CHARS = 128
+MAX_AGGREGATED_CLIENTS = 10_000_000
 
 
-def check_fields(client: str, header: Any, joined_examples: int) -> None:
-    """Bounds on the header's free-form fields, so a client cannot bloat the run log or poison its numbers."""
+def check_fields(client: str, header: Any, joined_examples: int, relay: bool = False) -> None:
+    """Bounds on the header's free-form fields, so a client cannot bloat the run log or poison its numbers.
+
+    A relay's joined_examples is the server's --max-examples: it learns its partial sum's weight only when its
+    own clients have delivered."""
     if not 0 <= header.num_examples <= joined_examples:
+        most = "the server's --max-examples, the most a relay's partial sum may claim" if relay else \
+            "the most an update may claim"
         raise errors.invalid(f"client {client} reported num_examples={header.num_examples} in its update; "
-                             f"it joined with {joined_examples}, the most an update may claim")
+                             f"it joined with {joined_examples}, {most}")
+    aggregated = int(getattr(header, "aggregated_clients", 0))
+    if aggregated > 1 and not relay:
+        raise errors.invalid(f"client {client} sent aggregated_clients={aggregated}; only a session that joined "
+                             "with the \"relay\" capability may upload a partial sum of several clients")
+    if relay and not 1 <= aggregated <= MAX_AGGREGATED_CLIENTS:
+        raise errors.invalid(f"relay {client} sent aggregated_clients={aggregated}; a relay's partial sum counts "
+                             f"1 to {MAX_AGGREGATED_CLIENTS} leaf clients")
     if len(header.upload_id) > MAX_LABEL_CHARS:
         raise errors.invalid(f"client {client} sent a {len(header.upload_id)}-char upload_id; at most {MAX_LABEL_CHARS}")
     check_metrics(client, header.metrics)
@@ -39,9 +52,9 @@ def check_metrics(client: str, metrics: Mapping[str, float]) -> None:
 
 def check_header(client: str, header: Any, joined_examples: int,
                  reference: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], allowed_codecs: Iterable[str],
-                 max_bytes: int) -> list[TensorLayout]:
+                 max_bytes: int, relay: bool = False) -> list[TensorLayout]:
     """The header's fields and manifest against the global model; the stream's layout, or a Refusal."""
-    check_fields(client, header, joined_examples)
+    check_fields(client, header, joined_examples, relay)
     try:
         return check_manifest(header.manifest, reference, allowed_codecs, f"client {client}", max_bytes)
     except ManifestError as exc:
@@ -49,10 +62,11 @@ def check_header(client: str, header: Any, joined_examples: int,
         raise code(str(exc)) from None
 
 
-def update_info(client: str, header: Any) -> UpdateInfo:
+def update_info(client: str, header: Any, relay: bool = False) -> UpdateInfo:
     metrics = {k: float(v) for k, v in header.metrics.items()}
+    aggregated = int(getattr(header, "aggregated_clients", 0)) if relay else 1
     return UpdateInfo(client, int(header.round), int(header.base_version), int(header.num_examples), metrics,
-                      header.upload_id)
+                      header.upload_id, aggregated_clients=aggregated, relay=relay)
 
 
 class UploadSink:
@@ -68,9 +82,9 @@ class UploadSink:
 
     @classmethod
     def open(cls, pool: SpoolPool, client: str, header: Any, layout: list[TensorLayout],
-             ticket: object) -> "UploadSink":
+             ticket: object, relay: bool = False) -> "UploadSink":
         writer = SpoolWriter(pool, layout, int(header.manifest.total_bytes))
-        return cls(client, update_info(client, header), writer, ticket)
+        return cls(client, update_info(client, header, relay), writer, ticket)
 
     def write(self, data: memoryview | bytes) -> None:
         try:

@@ -12,6 +12,7 @@ from fedstream.server.core.round_mode import RoundMode
 from fedstream.server.modes.buffered_async import AsyncSettings, BufferedAsync
 from fedstream.server.modes.over_selection import OverSelection
 from fedstream.server.modes.secure_aggregation import SecAggSettings, SecureAggregation
+from fedstream.server.modes.relay import RelayRounds
 from fedstream.server.modes.sync_rounds import SyncRounds
 
 MODES: dict[str, Callable[..., RoundMode]] = {
@@ -19,6 +20,7 @@ MODES: dict[str, Callable[..., RoundMode]] = {
     "async": BufferedAsync,
     "over-selection": OverSelection,
     "secure-aggregation": SecureAggregation,
+    "relay": RelayRounds,
 }
 
 
@@ -32,5 +34,5 @@ def make_mode(name: str, **settings: object) -> RoundMode:
     return factory(**settings)
 
 
-__all__ = ["AsyncSettings", "BufferedAsync", "MODES", "RoundMode", "SecAggSettings", "SecureAggregation", "SyncRounds",
-           "make_mode"]
+__all__ = ["AsyncSettings", "BufferedAsync", "MODES", "RelayRounds", "RoundMode", "SecAggSettings", "SecureAggregation",
+           "SyncRounds", "make_mode"]

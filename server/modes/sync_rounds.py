@@ -29,9 +29,13 @@ from fedstream.server.publication.record import RoundRecord
 
 log = logging.getLogger("fedstream.server")
 
+RELAY_FAILED = "relay-failed"  # Exchange phase: a relay tells the round it will send nothing (why, in the payload)
+ROUND_SECONDS_LEFT = "relay_round_seconds_left"  # task option for relays: time to this round's deadline
+
 
 class SyncRounds(RoundMode):
     name = "sync"
+    accepts_relays = True
 
     def __init__(self) -> None:
         self.round: RoundState | None = None
@@ -158,7 +162,7 @@ class SyncRounds(RoundMode):
                              selected=len(rnd.selected), train_loss=None, bytes_up=rnd.bytes_up,
                              bytes_down=rnd.bytes_down,
                              seconds=0.0, extras={"attempt": rnd.attempt, "dropped": dict(sorted(rnd.dropped.items())),
-                                                  "accepted": sorted(rnd.accepted)})
+                                                  "accepted": sorted(rnd.accepted), **relay_extras(updates)})
         after = self._federated_evaluation if core.config.federated_eval else None
         if not core.publish(rnd.number, updates, rnd.aggregator, record, after=after, started=rnd.started):
             return False
@@ -186,8 +190,10 @@ class SyncRounds(RoundMode):
                      "sending the task again", rnd.number, client_id)
         rnd.assigned.add(client_id)
         self.core.observer.client_state(client_id, "training")
-        return Assignment(TaskKind.TRAIN, round=rnd.number, version=rnd.base_version,
-                          config=self.core.train_config(rnd.number, client_id))
+        config = self.core.train_config(rnd.number, client_id)
+        if self.core.is_relay(client_id):
+            config.options[ROUND_SECONDS_LEFT] = f"{max(0.0, rnd.deadline - time.monotonic()):.3f}"
+        return Assignment(TaskKind.TRAIN, round=rnd.number, version=rnd.base_version, config=config)
 
     def admit(self, client_id: str, session: Session, header: Any) -> RoundState:
         rnd = self.round
@@ -263,6 +269,24 @@ class SyncRounds(RoundMode):
         if self.round is not None:
             self.round.rejoined(client_id)
 
+    def exchange(self, client_id: str, round_number: int, phase: str, payload: bytes) -> bytes:
+        """A relay's report that it will send nothing this round: it is dropped, so the round need not wait for
+        its deadline."""
+        if phase != RELAY_FAILED:
+            return super().exchange(client_id, round_number, phase, payload)
+        reason = payload[:200].decode("utf-8", "replace")
+        with self.core.cond:
+            if not self.core.is_relay(client_id):
+                raise errors.denied(f"client {client_id} sent {RELAY_FAILED!r}; only relays report failed rounds")
+            rnd = self.round
+            if rnd is None or rnd.closed or rnd.number != round_number or not rnd.is_selected(client_id):
+                raise errors.stale(f"relay {client_id} reported round {round_number} failed; that round is not open "
+                                   "for it")
+            rnd.drop(client_id, f"relay reported failure: {reason}")
+            self.core.notify()
+        log.warning("round=%d relay=%s reported failure: %s", round_number, client_id, reason)
+        return b""
+
     # ----- federated evaluation -------------------------------------------------------------------------------
 
     def _federated_evaluation(self, record: RoundRecord) -> None:
@@ -290,3 +314,13 @@ class SyncRounds(RoundMode):
             raise errors.invalid(f"client {client_id} sent an evaluation with negative examples, non-finite or "
                                  f"more than {MAX_METRICS} metrics")
         ev.reports[client_id] = (int(report.num_examples), metrics)
+
+
+def relay_extras(updates: list[SpooledUpdate]) -> dict[str, Any]:
+    """For a round that relays answered: which relay each contribution came through and how many leaf clients it
+    folded (`relays`), and the leaf clients in all (`leaf_clients`, direct clients counting one each)."""
+    infos = [u.info for u in updates if u.info is not None]
+    relays = {i.client_id: i.aggregated_clients for i in infos if i.relay}
+    if not relays:
+        return {}
+    return {"relays": dict(sorted(relays.items())), "leaf_clients": sum(i.aggregated_clients for i in infos)}
