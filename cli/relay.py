@@ -37,7 +37,8 @@ def relay_parser(p: argparse.ArgumentParser) -> None:
                         "shorten it)")
     p.add_argument("--run-dir", type=Path, default=None, help="spool and metrics.jsonl (default runs/relay-<timestamp>)")
     p.add_argument("--health-address", type=host_port, default=None,
-                   help="accepted for deployments; the gRPC health service is served on --address")
+                   help="also answer grpc.health.v1 Check here, in plaintext and nothing else, for probes that cannot "
+                        "present a client certificate (Kubernetes' grpc probe); off by default")
     p.add_argument("--relay-ids", type=id_list, default=frozenset(), metavar="ID,ID,...|*",
                    help="client ids allowed to join this relay as relays (tiers nest)")
     p.add_argument("--join-rate", type=non_negative_float, default=DEFAULT_JOIN_RATE,
@@ -90,5 +91,6 @@ def run_relay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     coordinator = Coordinator(upstream_model(state), make_strategy("fedavg"), config,
                               RelayRounds(upstream, refused=UpstreamRefused))
     coordinator.adopt(version, state, masked)
-    serve(coordinator, args.address, credentials=security.credentials, port_file=args.port_file, auth=security.auth)
+    serve(coordinator, args.address, credentials=security.credentials, port_file=args.port_file, auth=security.auth,
+          health_address=args.health_address)
     return 0
