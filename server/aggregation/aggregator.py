@@ -164,11 +164,11 @@ def federated_average(
     return OrderedDict((name, mean[name].to(updates[0][name].dtype)) for name in mean)
 
 
-def apply_delta(state: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
-    """state += delta in place, rounding integer tensors."""
-    for name, tensor in state.items():
-        d = delta[name]
-        if tensor.dtype.is_floating_point:
-            tensor.add_(d.to(tensor.dtype))
-        else:
-            tensor.add_(torch.round(d).to(tensor.dtype))
+def applied(g: torch.Tensor, change: torch.Tensor, reuse_change: bool = False) -> torch.Tensor:
+    """g + change, in g's dtype: floats added in the wider dtype, integer and boolean tensors rounded (the one
+    rule for every strategy). reuse_change: the sum may be built in change's own buffer (no copy)."""
+    if not g.dtype.is_floating_point:
+        return g + torch.round(change).to(g.dtype)
+    if reuse_change and change.dtype == g.dtype:
+        return change.add_(g)
+    return (g.to(change.dtype) + change).to(g.dtype)

@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator, Mapping
 
 import torch
 
-from fedstream.server.aggregation.aggregator import StreamingAggregator
+from fedstream.server.aggregation.aggregator import StreamingAggregator, applied
 from fedstream.server.intake.spool import SpooledUpdate, UpdateInfo
 
 StateDict = "OrderedDict[str, torch.Tensor]"
@@ -97,14 +97,7 @@ class Strategy:
 
     def apply(self, global_state: Mapping[str, torch.Tensor], delta: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
         """New global model = global + delta, built in delta's buffers where dtypes allow (no extra copy)."""
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for name, g in global_state.items():
-            d = delta[name]
-            if g.dtype.is_floating_point:
-                out[name] = d.add_(g) if d.dtype == g.dtype else (g.to(d.dtype) + d).to(g.dtype)
-            else:
-                out[name] = g + torch.round(d).to(g.dtype)
-        return out
+        return OrderedDict((name, applied(g, delta[name], reuse_change=True)) for name, g in global_state.items())
 
     def round_metrics(self) -> dict[str, float]:
         return {}

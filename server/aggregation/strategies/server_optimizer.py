@@ -12,7 +12,7 @@ from typing import ClassVar, Mapping
 import torch
 
 from fedstream.common.wire.tensors import all_finite
-from fedstream.server.aggregation.aggregator import accumulator_dtype
+from fedstream.server.aggregation.aggregator import accumulator_dtype, applied
 from fedstream.server.aggregation.strategies.base import Strategy
 
 
@@ -45,10 +45,9 @@ class ServerOptimizer(Strategy):
         for name, g in global_state.items():
             d = delta[name]
             if not g.dtype.is_floating_point:
-                out[name] = g + torch.round(d).to(g.dtype)
+                out[name] = applied(g, d)
                 continue
-            change = self.step(name, d.to(accumulator_dtype(g.dtype)))
-            out[name] = (g.to(change.dtype) + change).to(g.dtype)
+            out[name] = applied(g, self.step(name, d.to(accumulator_dtype(g.dtype))))
             if not all_finite(out[name]):
                 self.buffers = saved
                 raise ValueError(f"strategy {self.name}: the step for {name} is not finite (aggregated delta norm "
