@@ -396,6 +396,7 @@ class Coordinator:
         masks_changed = self.pruning.after_round(number, new_state)
         prepared = self.publisher.prepare(self.version + 1, new_state, self.pruning.masked, masks_changed)
         infos = [u.info for u in updates if u.info is not None]
+        bounds = self.bounds.metrics()  # the bounds this round's folds used
         self.bounds.round_closed(infos)
         with self.cond:
             self.global_state = OrderedDict((k, v.contiguous()) for k, v in new_state.items())
@@ -410,7 +411,7 @@ class Coordinator:
         reported = client_metrics(infos)
         record.train_loss = reported.pop("train_loss")
         record.extras.update(reported)
-        record.extras.update(self.bounds.metrics())
+        record.extras.update(bounds)
         record.extras.update({**self.strategy.round_metrics(), **self.pruning.metrics(self.global_state),
                               **self.publisher.round_metrics()})
         checkpoint = Checkpoint(self.global_state, self.version, self.completed_rounds, self.strategy.state_dict(),

@@ -88,7 +88,7 @@ class SyncRounds(RoundMode):
                     return
                 core.observer.event("retry", f"round {number} attempt {attempt}: the aggregate was not finite")
             else:
-                log.warning("round=%d attempt=%d got %d update(s), fewer than --min-clients %d; retrying", number,
+                log.warning("round=%d attempt=%d got %d update(s), fewer than min_clients=%d; retrying", number,
                             attempt, len(rnd.accepted), config.min_clients)
                 core.observer.event("retry", f"round {number} attempt {attempt}: {len(rnd.accepted)} update(s), "
                                              f"fewer than --min-clients {config.min_clients}")
