@@ -55,14 +55,14 @@ async def _run(args: list[str], timeout: float) -> bytes:
 
 async def dump_dom(url: str, budget_ms: int = 3000, timeout: float = 60) -> str:
     """The serialised DOM once `budget_ms` of virtual time has passed after load (scripts and fetches ran)."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         out = await _run(_command(profile, f"--virtual-time-budget={budget_ms}", "--dump-dom", url), timeout)
     return out.decode("utf-8", errors="replace")
 
 
 async def screenshot(url: str, path: Path, width: int = 1280, height: int = 900, budget_ms: int = 3000,
                      timeout: float = 60) -> Path:
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         await _run(_command(profile, f"--virtual-time-budget={budget_ms}", f"--window-size={width},{height}",
                             f"--screenshot={path}", url), timeout)
     if not Path(path).is_file():
@@ -75,7 +75,7 @@ class Browser:
 
     def __init__(self, width: int = 1280, height: int = 900) -> None:
         self.size = (width, height)
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         self._proc: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
