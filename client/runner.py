@@ -104,7 +104,7 @@ class FederatedClient:
         self.held = HeldModel()
         self.feedback = ErrorFeedback()
         self._spare: torch.Tensor | None = None  # last download buffer, reused when nothing refers to it
-        own = self.model.state_dict()
+        own = self.task.federated_state(self.model)  # what the server sends: the federated tensors
         self.expected = ModelExpectation(reference_of(own), list(config.codecs),
                                          config.limits.model_bytes_for(state_nbytes(own)))
         self.bad_answers = BadAnswerCounter(config.client_id, config.limits.max_bad_answers,
