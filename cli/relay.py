@@ -46,7 +46,8 @@ def relay_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here (for --address HOST:0)")
     p.add_argument("--connect-timeout", type=positive_float, default=600.0,
                    help="how long to keep retrying an unreachable upstream")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log threshold")
     p.add_argument("--upload-chunk-delay", type=non_negative_float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(no_client_certs=False, token_secret_file=None)
 

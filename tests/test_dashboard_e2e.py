@@ -32,7 +32,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 def test_a_real_run_shows_its_rounds_its_clients_and_a_killed_client_as_dropped(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     server = start_server(run_dir, "--rounds", "200", "--min-clients", "2", "--round-timeout", "30",
-                          "--session-timeout", "3", "--task-option", "hidden=16", "--task-option", "epochs=1")
+                          "--session-timeout", "3", "--heartbeat-seconds", "1", "--task-option", "hidden=16",
+                          "--task-option", "epochs=1")
     try:
         clients = [start_client(server, "--partition", f"{i}/3", "--device", "cpu", "--task-option", "hidden=16",
                                 "--task-option", "epochs=1") for i in range(3)]

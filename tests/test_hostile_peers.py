@@ -214,6 +214,7 @@ def test_a_flood_of_unauthenticated_calls_delays_neither_heartbeats_nor_the_roun
                                    pb.HeartbeatReply.FromString)
         flood = subprocess.Popen([sys.executable, "-c", FLOOD, server.address, "15"])
         latencies: list[float] = []
+        failures: list[str] = []
         stop = threading.Event()
 
         def probe() -> None:
@@ -224,8 +225,11 @@ def test_a_flood_of_unauthenticated_calls_delays_neither_heartbeats_nor_the_roun
                     beat(pb.HeartbeatRequest(session_id="probe"), timeout=5)
                 except grpc.RpcError as exc:
                     answered = exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                if server.process.poll() is not None:
-                    return  # the run is over: a refused connection now says nothing about the flood
+                    if not answered:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+                metrics = run_dir / "metrics.jsonl"
+                if server.process.poll() is not None or (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+                    return  # the run is over (the server is closing its port): nothing more to say about the flood
                 latencies.append(time.perf_counter() - started if answered else float("inf"))
                 stop.wait(0.1)
 
@@ -238,7 +242,8 @@ def test_a_flood_of_unauthenticated_calls_delays_neither_heartbeats_nor_the_roun
         assert wait_all(clients, timeout=60) == [0, 0]
     finally:
         server.stop()
-    assert latencies and max(latencies) < 1.0, f"slowest heartbeat {max(latencies):.2f} s of {len(latencies)}"
+    assert latencies and max(latencies) < 1.0, \
+        f"slowest heartbeat {max(latencies):.2f} s of {len(latencies)}; failed: {failures[:3]}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
     assert all(r["seconds"] < 30 for r in records), [r["seconds"] for r in records]
