@@ -115,13 +115,7 @@ class SecureAggregation(SyncRounds):
         attempt = 0
         while not core.finished:
             attempt += 1
-            if not self._gather(number):
-                return
-            self._wait_for_returning_clients()
-            reason = core.strategy.begin_round(number, len(core.sample(number, attempt)), len(core.sessions))
-            if reason:
-                log.warning("round=%d not started: %s", number, reason)
-                core.end_by_strategy(reason)
+            if not self._prepare_attempt(number, attempt):
                 return
             rnd = self._open(number, attempt)
             if rnd is None:

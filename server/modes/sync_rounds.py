@@ -58,13 +58,7 @@ class SyncRounds(RoundMode):
         attempt = 0
         while not core.finished:
             attempt += 1
-            if not self._gather(number):
-                return
-            self._wait_for_returning_clients()
-            reason = core.strategy.begin_round(number, len(core.sample(number, attempt)), len(core.sessions))
-            if reason:
-                log.warning("round=%d not started: %s", number, reason)
-                core.end_by_strategy(reason)
+            if not self._prepare_attempt(number, attempt):
                 return
             with core.cond:
                 selected = core.sample(number, attempt)
@@ -93,6 +87,19 @@ class SyncRounds(RoundMode):
                 core.observer.event("retry", f"round {number} attempt {attempt}: {len(rnd.accepted)} update(s), "
                                              f"fewer than --min-clients {config.min_clients}")
             self._discard(rnd)
+
+    def _prepare_attempt(self, number: int, attempt: int) -> bool:
+        """Clients gathered, returning clients waited for, the strategy agrees; False: the run is over."""
+        core = self.core
+        if not self._gather(number):
+            return False
+        self._wait_for_returning_clients()
+        reason = core.strategy.begin_round(number, len(core.sample(number, attempt)), len(core.sessions))
+        if reason:
+            log.warning("round=%d not started: %s", number, reason)
+            core.end_by_strategy(reason)
+            return False
+        return True
 
     def _gather(self, number: int) -> bool:
         """Waits for --min-clients (up to --wait-for-clients), then up to --sample-grace for the rest of
