@@ -32,7 +32,7 @@ from fedstream.server.transport.call_limits import CallLimits
 from fedstream.server.transport.statuses import status_of
 
 SERVICE = "fedstream.v1.Coordinator"
-INLINE_BYTES = 256 << 10  # byte work this small runs on the loop: a hand-off to the pool would cost more
+INLINE_BYTES = 4 << 20  # byte work this small (one chunk) runs on the loop: a hand-off to the pool costs more
 log = logging.getLogger("fedstream.server")
 
 
