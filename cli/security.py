@@ -27,7 +27,8 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token-secret-file", type=Path, default=None,
                    help="require per-client tokens HMAC(secret, client id); fedstream certs --tokens writes the secret")
     g.add_argument("--insecure", action="store_true", help="serve plaintext gRPC with no client authentication")
-    g.add_argument("--max-sessions", type=positive_int, default=10_000, help="most clients connected at once")
+    g.add_argument("--max-sessions", type=positive_int, default=20_000,
+                   help="most clients connected at once (each idle session costs the server about 30 KB)")
     g.add_argument("--join-rate", type=non_negative_float, default=DEFAULT_JOIN_RATE,
                    help="joins per second one host may make after its burst (0: no limit; simulations of many "
                         "clients on one host need 0 or a high value)")

@@ -32,7 +32,7 @@ class ServerConfig:
     federated_eval: bool = False
     eval_every: int = 1
     reproducible: bool = False
-    max_sessions: int = 100_000
+    max_sessions: int = 20_000
     join_rate: float = DEFAULT_JOIN_RATE
     join_burst: int = DEFAULT_JOIN_BURST
     max_transfers: int = DEFAULT_TRANSFER_LIMIT
