@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import random
 import json
 import resource
 import sys
@@ -25,6 +26,7 @@ import uuid
 from pathlib import Path
 
 HEARTBEAT_EVERY = 0.1
+JOIN_ATTEMPTS = 8
 RPC_TIMEOUT = 120.0
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -128,10 +130,15 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
         rpc = Stubs(channel)
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
-        try:
-            reply = await rpc.join(join_request(client_id), timeout=RPC_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            result["errors"].append(f"join: {exc.code().name} {exc.details()}")
+        reply = None
+        for attempt in range(JOIN_ATTEMPTS):  # as a real client does: thousands connecting at once may be refused
+            try:
+                reply = await rpc.join(join_request(client_id), timeout=RPC_TIMEOUT)
+                break
+            except grpc.aio.AioRpcError as exc:
+                result["errors"].append(f"join: {exc.code().name} {exc.details()}")
+                await asyncio.sleep(random.uniform(0.5, 1.0) * min(30.0, 2.0 ** attempt))
+        if reply is None:
             await joined.put(False)
             return
         result["join_s"] = time.perf_counter() - started
