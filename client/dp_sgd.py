@@ -108,8 +108,14 @@ class DpSgdTrainer:
                         if stop_training(settings, steps, interrupt):
                             break
                         optimizer.zero_grad(set_to_none=True)
-                        # An empty Poisson batch still takes its noisy step: the analysis counts every draw.
-                        task.loss_fn(wrapped(x.to(device)), y.to(device)).backward()
+                        # An empty Poisson batch still takes its noisy step: the analysis counts every draw. Its
+                        # per-example gradients are an empty set (some models cannot run a batch of 0 rows).
+                        if len(y):
+                            task.loss_fn(wrapped(x.to(device)), y.to(device)).backward()
+                        else:
+                            for param in (q for q in model.parameters() if q.requires_grad):
+                                param.grad_sample = torch.zeros((0, *param.shape), device=param.device,
+                                                                dtype=param.dtype)
                         optimizer.step()
                         self.accountant.step(noise_multiplier=z, sample_rate=loader.sample_rate)
                         steps += 1
