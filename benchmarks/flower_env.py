@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import venv
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ENV_DIR = HERE / ".envs" / "flower"
+from peer_env import ensure_env
+
 REQUIREMENTS = ["flwr==1.42.0", "torch==2.13.0"]
-MARKER = ENV_DIR / ".installed"
 
 
-def flower_bin(name: str) -> Path:
-    return ENV_DIR / "bin" / name
-
-
-def ensure_flower_env(log=print) -> Path:
-    """Returns the env's bin directory, creating the env and installing flwr and torch when missing."""
-    wanted = " ".join(REQUIREMENTS)
-    if MARKER.exists() and MARKER.read_text().strip() == wanted:
-        return ENV_DIR / "bin"
-    log(f"creating Flower env in {ENV_DIR} ({wanted}); this happens once")
-    venv.EnvBuilder(with_pip=True, clear=True).create(ENV_DIR)
-    pip = [str(flower_bin("python")), "-m", "pip", "install", "--quiet"]
-    done = subprocess.run(pip + REQUIREMENTS, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"installing {wanted} into {ENV_DIR} failed:\n{done.stderr[-3000:]}")
-    MARKER.write_text(wanted)
-    return ENV_DIR / "bin"
+def ensure_flower_env(log=print):
+    return ensure_env("flower", "Flower", REQUIREMENTS, log)
 
 
 if __name__ == "__main__":
