@@ -2,7 +2,9 @@
 
 Waiters queue; a release wakes the next one, and while anyone waits one timer ticks so that the first waiter
 re-checks the stall rule (a holder that moved no chunk for a second stops counting). Thousands of waiting
-uploads therefore cost a future each, not a wake-up each every few milliseconds.
+uploads therefore cost a future each, not a wake-up each every few milliseconds. A transfer of at most one chunk
+does not queue: the slots bound the buffers of large transfers, and one chunk is what any call may hold anyway;
+queueing it would only make thousands of tiny transfers wait on each other's network round trips.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ TICK_SECONDS = 0.25
 
 
 class AdmissionQueue:
-    def __init__(self, slots: TransferSlots, tick: float = TICK_SECONDS) -> None:
+    def __init__(self, slots: TransferSlots, small_bytes: int = 0, tick: float = TICK_SECONDS) -> None:
         self.slots = slots
+        self.small_bytes = small_bytes
         self.tick = tick
         self._waiters: deque[asyncio.Future] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    async def acquire(self) -> Transfer:
+    async def acquire(self, nbytes: int | None = None) -> Transfer | None:
+        """A slot, or None for a transfer of at most small_bytes (it needs none)."""
+        if nbytes is not None and nbytes <= self.small_bytes:
+            return None
         transfer = self.slots.try_acquire()
         if transfer is not None:
             return transfer
@@ -40,7 +46,9 @@ class AdmissionQueue:
             if transfer is not None:
                 return transfer
 
-    def release(self, transfer: Transfer) -> None:
+    def release(self, transfer: Transfer | None) -> None:
+        if transfer is None:
+            return
         self.slots.release(transfer)
         self._wake_one()
 

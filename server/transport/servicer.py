@@ -87,7 +87,7 @@ class CoordinatorServicer:
         self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="bytes")
         self.limits = limits or CallLimits()
         self.waiters: TaskWaiters | None = None
-        self.admission = AdmissionQueue(coordinator.transfers)
+        self.admission = AdmissionQueue(coordinator.transfers, coordinator.config.chunk_bytes)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Binds the long polls to the serving loop and lets the core wake them."""
@@ -178,14 +178,15 @@ class CoordinatorServicer:
         except errors.Refusal as refusal:
             await _abort(context, refusal)
         await context.write(pb.ModelChunk(header=convert.model_header(stream.header)))
-        transfer = await self.admission.acquire()
+        transfer = await self.admission.acquire(int(stream.header.manifest.total_bytes))
         try:
             while True:
                 piece = await self._offload(next, stream.chunks, None, nbytes=self.core.config.chunk_bytes)
                 if piece is None:
                     break
                 await self._write(context, DataChunk(memoryview(piece)))
-                transfer.progress()
+                if transfer is not None:
+                    transfer.progress()
         finally:
             self.admission.release(transfer)
         await context.write(pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes)))
@@ -247,11 +248,12 @@ class CoordinatorServicer:
                        context: grpc.aio.ServicerContext) -> pb.Trailer | None:
         """Spools the upload's data once a transfer slot is free; returns its trailer (None: the stream ended early)."""
         trailer: pb.Trailer | None = None
-        transfer = await self.admission.acquire()
+        transfer = await self.admission.acquire(sink.writer.total_bytes)
         try:
             await context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
             async for message in incoming:
-                transfer.progress()
+                if transfer is not None:
+                    transfer.progress()
                 if trailer is not None:
                     raise errors.invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
