@@ -229,9 +229,11 @@ class Coordinator:
                 self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def notify(self, clients: Iterable[str] | None = None) -> None:
-        """Something changed: wake the round thread and the long polls of `clients` (None: every client)."""
+        """Something changed: wake the round thread and the long polls of `clients` (None: every client; an
+        empty list: none, for changes no waiting client's work depends on, such as an accepted upload)."""
         self.cond.notify_all()
-        self.wake(clients)
+        if clients is None or clients:
+            self.wake(clients)
 
     def train_config(self, round_number: int, client_id: str = "") -> TrainConfig:
         c = self.config

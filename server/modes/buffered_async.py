@@ -217,7 +217,7 @@ class BufferedAsync(RoundMode):
             with core.cond:
                 buffer.reserved -= 1
                 self._release(client, info.upload_id)
-                core.notify()
+                core.notify(())
             update.delete()
             raise
         with core.cond:
@@ -231,7 +231,7 @@ class BufferedAsync(RoundMode):
             while len(self.accepted_uploads) > REMEMBERED_UPLOADS:
                 self.accepted_uploads.popitem(last=False)
             folded = len(buffer.updates)
-            core.notify()
+            core.notify(())
         log.info("version=%d client=%s task=%d update folded (staleness %d, %d examples, %d/%d in buffer)",
                  target, client, info.round, staleness, info.num_examples, folded, self.settings.buffer_size)
 

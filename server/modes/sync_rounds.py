@@ -242,7 +242,7 @@ class SyncRounds(RoundMode):
                 rnd.folding -= 1
                 rnd.uploading.pop(client, None)
                 rnd.drop(client, refusal.message)
-                core.notify()
+                core.notify(())
             update.delete()
             raise
         with core.cond:
@@ -252,7 +252,7 @@ class SyncRounds(RoundMode):
             rnd.upload_ids[client] = sink.info.upload_id
             rnd.dropped.pop(client, None)
             rnd.bytes_up += sink.writer.total_bytes
-            core.notify()
+            core.notify(())
         log.info("round=%d client=%s update accepted (%d examples, %.1f MB)", rnd.number, client,
                  sink.info.num_examples, sink.writer.total_bytes / 1e6)
 
@@ -290,7 +290,7 @@ class SyncRounds(RoundMode):
                 raise errors.stale(f"relay {client_id} reported round {round_number} failed; that round is not open "
                                    "for it")
             rnd.drop(client_id, f"relay reported failure: {reason}")
-            self.core.notify()
+            self.core.notify(())
         log.warning("round=%d relay=%s reported failure: %s", round_number, client_id, reason)
         return b""
 
