@@ -36,22 +36,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from load_clients import raise_open_files  # noqa: E402
-from procstats import machine_summary, wait_peak  # noqa: E402
+from procstats import cpu_seconds, machine_summary, wait_peak  # noqa: E402
 
 FEDSTREAM = [sys.executable, "-m", "fedstream.cli"]
 CLIENTS = Path(__file__).resolve().parent / "load_clients.py"
-TICK = os.sysconf("SC_CLK_TCK")
 SPARE_FILES = 1024
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a live process from /proc/<pid>/stat (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss_bytes(pid: int) -> int:

@@ -13,8 +13,20 @@ from typing import Callable
 
 import psutil
 
+TICK = os.sysconf("SC_CLK_TCK")
+
 _BYTES = re.compile(r"\b(bytes_sent|bytes_received):(\d+)")
 _PID = re.compile(r"pid=(\d+)")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process from /proc/<pid>/stat (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def vm_hwm(pid: int) -> int:

@@ -26,21 +26,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from procstats import wait_peak  # noqa: E402
+from procstats import cpu_seconds, wait_peak  # noqa: E402
 
 FEDSTREAM = [sys.executable, "-m", "fedstream.cli"]
 LOAD = HERE / "load.py"
-TICK = os.sysconf("SC_CLK_TCK")
 RELAYS = 2
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 class RecordWatcher(threading.Thread):
