@@ -81,6 +81,33 @@ class RecordWatcher(threading.Thread):
             self.halt.wait(0.02)
 
 
+class ProgressReporter(threading.Thread):
+    """Prints, every `every` seconds, where the workers' clients are (their .progress files), so a stall shows."""
+
+    def __init__(self, outputs: list[Path], every: float) -> None:
+        super().__init__(daemon=True, name="progress")
+        self.outputs, self.every = outputs, every
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.halt.wait(self.every):
+            phases: dict[str, int] = {}
+            errors, first = 0, []
+            for out in self.outputs:
+                try:
+                    state = json.loads(out.with_suffix(".progress").read_text())
+                except (OSError, ValueError):
+                    continue
+                for phase, count in state["phases"].items():
+                    phases[phase] = phases.get(phase, 0) + count
+                errors += state["errors"]
+                first += state["first_errors"]
+            summary = ", ".join(f"{count} {phase}" for phase, count in sorted(phases.items()))
+            print(f"  {time.monotonic() - started:.0f} s after go: {summary}; {errors} errors"
+                  f"{' (first: ' + first[0] + ')' if first else ''}", flush=True)
+
+
 @dataclass
 class LoadResult:
     """What one N measured; seconds unless named otherwise."""
@@ -161,6 +188,7 @@ def run_load(args: argparse.Namespace, n: int) -> LoadResult:
     clients: list[tuple[subprocess.Popen, Path]] = []
     watcher = RecordWatcher(run_dir / "metrics.jsonl", server.pid)
     ended, cpu_at_go, go_at, ended_at = None, None, float("inf"), None
+    reporter: ProgressReporter | None = None
     try:
         _wait_for(lambda: port_file.exists() and port_file.read_text().strip(), deadline, [server], "server start")
         address = f"127.0.0.1:{port_file.read_text().strip()}"
@@ -188,6 +216,9 @@ def run_load(args: argparse.Namespace, n: int) -> LoadResult:
         watcher.start()
         go_file.write_text("go")
         go_at = time.time()
+        if args.progress:
+            reporter = ProgressReporter([out for _, out in clients[1:]], args.progress)
+            reporter.start()
         ended = wait_peak(server, max(1.0, deadline - time.monotonic()))
         ended_at = time.time()
         result.server_exit, result.server_peak_rss = ended.code, ended.peak_rss
@@ -197,6 +228,8 @@ def run_load(args: argparse.Namespace, n: int) -> LoadResult:
         result.failure = str(exc)
     finally:
         watcher.halt.set()
+        if reporter is not None:
+            reporter.halt.set()
         for process in [server, *(p for p, _ in clients)]:
             if process.poll() is None:
                 process.kill()
@@ -315,6 +348,8 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=1.0, help="seconds to wait before each RSS reading")
     p.add_argument("--timeout", type=float, default=600.0, help="hard bound on each client count's run")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--progress", type=float, default=30.0,
+                   help="print where the clients are every this many seconds during the rounds (0: never)")
     p.add_argument("--keep", action="store_true", help="keep each work directory (server log, run dir) after success")
     args = p.parse_args()
     if args.model_params and args.heavy_clients < 1:

@@ -5,6 +5,9 @@ then long-polls for tasks, downloads the global model, uploads a small finite de
 leaves when told to finish. `probe`: one client that does the same work synchronously while a thread of its own
 sends Heartbeat every 100 ms from its join to the end of the run and times each answer.
 
+While it runs, a worker rewrites <out>.progress every few seconds: how many of its clients are in each phase and
+the first errors, so a stalled run shows where its clients wait.
+
 The barrier: once every client of a process has joined, the process writes <out>.joined; no client asks for a
 task before the driver writes the go file, so the driver can read the server's RSS with every client joined and
 idle. Each process raises its own open-file limit (one TCP connection per client: a client is its own channel,
@@ -23,9 +26,11 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 HEARTBEAT_EVERY = 0.1
+PROGRESS_EVERY = 5.0
 JOIN_ATTEMPTS = 8
 RPC_TIMEOUT = 120.0
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -125,12 +130,13 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
 
     from fedstream.common.proto import coordinator_pb2 as pb
 
-    result["rounds"], result["errors"] = [], []
+    result["rounds"], result["errors"], result["phase"] = [], [], "connecting"
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         rpc = Stubs(channel)
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
         reply = None
+        result["phase"] = "joining"
         for attempt in range(JOIN_ATTEMPTS):  # as a real client does: thousands connecting at once may be refused
             try:
                 reply = await rpc.join(join_request(client_id), timeout=RPC_TIMEOUT)
@@ -139,28 +145,36 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 result["errors"].append(f"join: {exc.code().name} {exc.details()}")
                 await asyncio.sleep(random.uniform(0.5, 1.0) * min(30.0, 2.0 ** attempt))
         if reply is None:
+            result["phase"] = "gave up joining"
             await joined.put(False)
             return
         result["join_s"] = time.perf_counter() - started
+        result["phase"] = "at the barrier"
         await joined.put(True)
         await go.wait()
         session = reply.session_id
         while True:
+            result["phase"] = "polling for a task"
             try:
                 task = await rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=5000), timeout=RPC_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 result["errors"].append(f"get task: {exc.code().name} {exc.details()}")
+                result["phase"] = "gave up polling"
                 return
             if task.kind == pb.Task.FINISH:
+                result["phase"] = "leaving"
                 await rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
+                result["phase"] = "finished"
                 return
             if task.kind != pb.Task.TRAIN:
                 continue
             try:
+                result["phase"] = f"downloading (round {task.round})"
                 chunks = [m async for m in rpc.download(pb.DownloadRequest(session_id=session, version=task.version),
                                                          timeout=RPC_TIMEOUT)]
                 messages = upload_messages(session, task, manifest_of(chunks), reply.chunk_bytes)
                 del chunks
+                result["phase"] = f"uploading (round {task.round})"
                 answer = await rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
                 result["rounds"].append(task.round if answer.accepted else -task.round)
             except grpc.aio.AioRpcError as exc:
@@ -176,13 +190,26 @@ async def _barrier(count: int, joined: asyncio.Queue, go: asyncio.Event, joined_
     go.set()
 
 
+async def _progress(results: list[dict], path: Path) -> None:
+    """Rewrites path every PROGRESS_EVERY seconds: clients per phase, rounds delivered, the first errors."""
+    while True:
+        phases = Counter(r.get("phase", "starting") for r in results)
+        delivered = Counter(k for r in results for k in r.get("rounds", []))
+        errors = [e for r in results for e in r.get("errors", [])]
+        path.write_text(json.dumps({"time": time.time(), "phases": phases, "delivered": delivered,
+                                    "errors": len(errors), "first_errors": errors[:5]}))
+        await asyncio.sleep(PROGRESS_EVERY)
+
+
 async def _worker(ids: list[str], address: str, start_at: float, out: Path, go_file: Path) -> list[dict]:
     results = [{"client": cid} for cid in ids]
     joined: asyncio.Queue = asyncio.Queue()
     go = asyncio.Event()
     barrier = asyncio.create_task(_barrier(len(ids), joined, go, out.with_suffix(".joined"), go_file))
+    progress = asyncio.create_task(_progress(results, out.with_suffix(".progress")))
     await asyncio.gather(*(_client(cid, address, start_at, joined, go, r) for cid, r in zip(ids, results)))
     await barrier
+    progress.cancel()
     return results
 
 

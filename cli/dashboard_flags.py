@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedstream.server.observe.launch import DEFAULT_ADDRESS, split_address
+from fedstream.server.observe.address import DEFAULT_ADDRESS, split_address
 
 
 def dashboard_address(text: str) -> str:

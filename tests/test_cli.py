@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedstream.cli import build_parser
+from fedstream.cli import build_parser, main
 from fedstream.cli.options import parse_with_config
 
 CLI = [sys.executable, "-m", "fedstream.cli"]
@@ -31,11 +31,22 @@ CLI = [sys.executable, "-m", "fedstream.cli"]
     (["server", "--mode", "async", "--dp", "central", "--clip", "1", "--noise-multiplier", "1"], "--dp local"),
     (["client", "--dp-sgd-noise", "inf"], "--dp-sgd-noise"),
 ])
-def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str) -> None:
-    result = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60)
+def test_bad_values_exit_2_with_a_line_naming_the_flag(argv: list[str], flag: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and f"see fedstream {argv[0]} --help" in lines[0], lines
+
+
+def test_a_bad_value_ends_the_real_process_with_exit_2_and_one_line() -> None:
+    """The same contract as a user meets it: a process, nothing else on stderr (no warning, no traceback)."""
+    result = subprocess.run(CLI + ["client", "--alpha", "-1"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and flag in lines[0] and f"see fedstream {argv[0]} --help" in lines[0], lines
+    assert len(lines) == 1 and "--alpha" in lines[0] and "see fedstream client --help" in lines[0], lines
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def run_federation(tmp: Path, name: str, clients: int = 3, rounds: int = 3, extra: tuple[str, ...] = (),
                    slow_client: int | None = None) -> Path:
-    """slow_client trains 20× slower (it sleeps), so it uploads last even on a loaded machine: runs can differ in
+    """slow_client trains 8× slower (it sleeps), so it uploads last even on a loaded machine: runs can differ in
     arrival order."""
     run_dir = tmp / name
     server = start_server(run_dir, "--rounds", str(rounds), "--min-clients", str(clients), "--seed", "7",
@@ -28,7 +28,7 @@ def run_federation(tmp: Path, name: str, clients: int = 3, rounds: int = 3, extr
     try:
         procs = [start_client(server, "--partition", f"{i}/{clients}", "--device", "cpu",
                               "--save-updates", str(tmp / f"{name}-updates"),
-                              *(["--slowdown", "20"] if i == slow_client else [])) for i in range(clients)]
+                              *(["--slowdown", "8"] if i == slow_client else [])) for i in range(clients)]
         assert server.wait(timeout=240) == 0, server.log()[-3000:]
         codes = wait_all(procs, timeout=60)
         assert codes == [0] * clients, (codes, [server.client_log(i)[-2000:] for i in range(clients)])

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fedstream.server.observe.address import DEFAULT_ADDRESS, split_address
 from fedstream.server.observe.access import dashboard_token, dashboard_url, server_ssl_context
 from fedstream.server.observe.dashboard import start_dashboard, stop_dashboard
 from fedstream.server.observe.run_view import RunView
-
-DEFAULT_ADDRESS = "127.0.0.1:0"
 
 
 @dataclass
@@ -30,14 +29,6 @@ class Dashboard:
 
     async def stop(self) -> None:
         await stop_dashboard(self.runner)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--dashboard {address!r}: expected HOST:PORT with a port 0-65535 (0: any free port), "
-                         "e.g. 127.0.0.1:8081")
-    return host.strip("[]"), int(port)
 
 
 async def open_dashboard(view: RunView, address: str = DEFAULT_ADDRESS, token_file: Path | None = None,

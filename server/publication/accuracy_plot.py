@@ -1,7 +1,12 @@
-"""accuracy.png's figure: eval accuracy on the left axis, eval and train loss on the right, one tick per round."""
+"""accuracy.png's figure: eval accuracy on the left axis, eval and train loss on the right, one tick per round.
+
+`python -m fedstream.server.publication.accuracy_plot RUN_DIR` draws it from RUN_DIR/metrics.jsonl without
+importing torch (the server runs it as a child at exit; a torch import would cost it seconds)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -52,3 +57,17 @@ def write_accuracy_png(records: Sequence[Mapping], title: str, path: Path) -> Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """RUN_DIR/accuracy.png from RUN_DIR/metrics.jsonl's evaluated rounds (None when there are none)."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    records = [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("eval_accuracy") is not None]
+    if not records:
+        return None
+    return write_accuracy_png(records, f"fedstream run {run_dir.name}", run_dir / "accuracy.png")
+
+
+if __name__ == "__main__":
+    plot_run(Path(sys.argv[1]))

@@ -57,26 +57,19 @@ class RunLog:
 
     def plot(self) -> Path | None:
         """accuracy.png: eval accuracy and loss per round (None when no round completed)."""
-        records = [r for r in self.records() if r.get("eval_accuracy") is not None]
-        if not records:
-            return None
-        from fedstream.server.publication.accuracy_plot import write_accuracy_png
+        from fedstream.server.publication.accuracy_plot import plot_run
 
-        return write_accuracy_png(records, f"fedstream run {self.run_dir.name}", self.run_dir / "accuracy.png")
+        return plot_run(self.run_dir)
 
     def plot_in_child(self) -> Path | None:
         """plot() in a short-lived child process: the server never imports matplotlib (+36 MB peak RSS)."""
         if not self.records():
             return None
         try:
-            subprocess.run([sys.executable, "-m", "fedstream.server.publication.runlog", str(self.run_dir)], check=True,
+            subprocess.run([sys.executable, "-m", "fedstream.server.publication.accuracy_plot", str(self.run_dir)], check=True,
                            timeout=PLOT_TIMEOUT_SECONDS, capture_output=True, text=True)
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             log.warning("could not draw %s: %s %s", self.run_dir / "accuracy.png", exc, detail[-500:])
             return None
         return self.run_dir / "accuracy.png"
-
-
-if __name__ == "__main__":
-    RunLog(Path(sys.argv[1])).plot()
