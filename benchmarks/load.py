@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from load_clients import raise_open_files  # noqa: E402
+from load_clients import kind_of, raise_open_files  # noqa: E402
 from procstats import cpu_seconds, machine_summary, wait_peak  # noqa: E402
 
 FEDSTREAM = [sys.executable, "-m", "fedstream.cli"]
@@ -93,7 +93,8 @@ class ProgressReporter(threading.Thread):
         started = time.monotonic()
         while not self.halt.wait(self.every):
             phases: dict[str, int] = {}
-            errors, first = 0, []
+            kinds: dict[str, int] = {}
+            errors, retries = 0, 0
             for out in self.outputs:
                 try:
                     state = json.loads(out.with_suffix(".progress").read_text())
@@ -102,10 +103,13 @@ class ProgressReporter(threading.Thread):
                 for phase, count in state["phases"].items():
                     phases[phase] = phases.get(phase, 0) + count
                 errors += state["errors"]
-                first += state["first_errors"]
+                retries += state.get("retries", 0)
+                for kind, count in state.get("error_kinds", {}).items():
+                    kinds[kind] = kinds.get(kind, 0) + count
             summary = ", ".join(f"{count} {phase}" for phase, count in sorted(phases.items()))
-            print(f"  {time.monotonic() - started:.0f} s after go: {summary}; {errors} errors"
-                  f"{' (first: ' + first[0] + ')' if first else ''}", flush=True)
+            by_kind = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            print(f"  {time.monotonic() - started:.0f} s after go: {summary}; {errors} errors, {retries} retried calls"
+                  f"{' (' + by_kind + ')' if by_kind else ''}", flush=True)
 
 
 @dataclass
@@ -128,6 +132,8 @@ class LoadResult:
     clients_served_every_round: int = 0
     lost_rounds: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    retries: int = 0
+    retry_kinds: dict[str, int] = field(default_factory=dict)
     round_seconds: list[float] = field(default_factory=list)
     server_cpu_seconds: float = float("nan")
     cpu_ms_per_client_round: float = float("nan")
@@ -255,6 +261,9 @@ def _summarise(result: LoadResult, args: argparse.Namespace, n: int, clients: li
     result.join_p50, result.join_p99 = percentile(joins, 50), percentile(joins, 99)
     result.join_max = max(joins, default=float("nan"))
     result.errors = [e for r in everyone for e in r.get("errors", [])]
+    retried = [kind_of(e) for r in everyone for e in r.get("retries", [])]
+    result.retries = len(retried)
+    result.retry_kinds = {kind: retried.count(kind) for kind in sorted(set(retried))}
     result.per_round_expected = args.heavy_clients if args.model_params else n + 1
     result.served_per_round = [sum(1 for r in everyone if k in r.get("rounds", [])) for k in range(1, args.rounds + 1)]
     wanted = list(range(1, args.rounds + 1))
@@ -301,8 +310,8 @@ def table(results: list[LoadResult]) -> str:
     """The per-N table: service, joins, round time, server CPU and memory per client, heartbeat latency."""
     lines = ["| clients | served every round | lost rounds | join p50 | join p99 | round s (median; all) | "
              "server CPU ms per client-round | server RSS per idle client | server peak RSS | heartbeat p50 | "
-             "heartbeat p99 | heartbeat max (during rounds) | result |",
-             "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "heartbeat p99 | heartbeat max (during rounds) | calls retried | result |",
+             "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         rounds = "; ".join(f"{s:.2f}" for s in r.round_seconds) or "none"
         served = (f"{r.clients_served_every_round}/{r.per_round_expected}" if r.per_round_expected == r.clients + 1
@@ -314,6 +323,7 @@ def table(results: list[LoadResult]) -> str:
             f"{r.rss_per_idle_client / 1e3:,.1f} KB | {r.server_peak_rss / 2**20:,.0f} MiB | {_ms(r.heartbeat_p50)} | "
             f"{_ms(r.heartbeat_p99)} | {_ms(r.heartbeat_max)} ({_ms(r.heartbeat_max_during_rounds)})"
             f"{f', {r.heartbeat_failures} of {r.heartbeats} failed' if r.heartbeat_failures else ''} | "
+            f"{r.retries:,} | "
             f"{'nothing lost' if r.ok else 'FAILED: ' + r.failure} |")
     return "\n".join(lines)
 
@@ -368,9 +378,13 @@ def main() -> int:
     for r in results:
         if r.errors:
             print(f"{r.clients} clients, first errors:", *r.errors[:5], sep="\n  ")
+        if r.retries:
+            print(f"{r.clients} clients, calls retried after the server shed them:",
+                  ", ".join(f"{count} {kind}" for kind, count in r.retry_kinds.items()))
         if r.heartbeat_errors:
             print(f"{r.clients} clients, failed heartbeats:", *r.heartbeat_errors, sep="\n  ")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "machine": machine_summary(),
                                          "results": [asdict(r) for r in results]}, indent=1))
     return 0 if all(r.ok for r in results) else 1

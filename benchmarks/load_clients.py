@@ -2,7 +2,9 @@
 
 `worker`: a few thousand lightweight clients as grpc.aio coroutines (no torch): each joins, waits at the barrier,
 then long-polls for tasks, downloads the global model, uploads a small finite delta in the same manifest and
-leaves when told to finish. `probe`: one client that does the same work synchronously while a thread of its own
+leaves when told to finish. Like the real client, a coroutine client retries with backoff what a busy server sheds
+(CANCELLED, UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN, INTERNAL: counted as retries) and records anything else as
+an error. `probe`: one client that does the same work synchronously while a thread of its own
 sends Heartbeat every 100 ms from its join to the end of the run and times each answer.
 
 While it runs, a worker rewrites <out>.progress every few seconds: how many of its clients are in each phase and
@@ -124,13 +126,43 @@ class Stubs:
         self.leave = channel.unary_unary(SERVICE + "Leave", pb.LeaveRequest.SerializeToString, pb.LeaveReply.FromString)
 
 
+def kind_of(failure: str) -> str:
+    """'round 2: CANCELLED details...' -> 'round 2: CANCELLED' (what failed and its status), to count them."""
+    what, _, rest = failure.partition(": ")
+    return f"{what}: {(rest.split() or ['?'])[0]}"
+
+
+def transient_codes() -> set:
+    """The statuses a real client retries (client/runner.py _recover): the server shed the call or went away."""
+    import grpc
+
+    return {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+
+def _backoff(attempt: int) -> float:
+    """The real client's backoff (client/connection.py Backoff): 0.5 s doubling to 10 s, full jitter."""
+    delay = min(10.0, 0.5 * 2 ** attempt)
+    return random.uniform(delay / 2, delay)
+
+
 async def _client(client_id: str, address: str, start_at: float, joined: asyncio.Queue, go: asyncio.Event,
                   result: dict) -> None:
     import grpc
 
     from fedstream.common.proto import coordinator_pb2 as pb
+    from fedstream.common.wire.protocol import LONG_POLL_MS
 
-    result["rounds"], result["errors"], result["phase"] = [], [], "connecting"
+    transient = transient_codes()
+    result["rounds"], result["errors"], result["retries"], result["phase"] = [], [], [], "connecting"
+
+    def failed(what: str, exc: grpc.aio.AioRpcError) -> bool:
+        """Notes a failed call; True when it is one a real client retries (the server shed load or went away)."""
+        text = f"{what}: {exc.code().name} {exc.details()}"
+        retry = exc.code() in transient
+        result["retries" if retry else "errors"].append(text)
+        return retry
+
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         rpc = Stubs(channel)
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -142,10 +174,12 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 reply = await rpc.join(join_request(client_id), timeout=RPC_TIMEOUT)
                 break
             except grpc.aio.AioRpcError as exc:
-                result["errors"].append(f"join: {exc.code().name} {exc.details()}")
-                await asyncio.sleep(random.uniform(0.5, 1.0) * min(30.0, 2.0 ** attempt))
+                if not failed("join", exc):
+                    break
+                await asyncio.sleep(_backoff(attempt))
         if reply is None:
             result["phase"] = "gave up joining"
+            result["errors"].append("join: gave up")
             await joined.put(False)
             return
         result["join_s"] = time.perf_counter() - started
@@ -153,20 +187,29 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
         await joined.put(True)
         await go.wait()
         session = reply.session_id
+        streak = 0  # failed calls in a row: the backoff grows with it (to 10 s), a success resets it; like the real
+        # client, a load client never gives up on a server that sheds its calls (the driver's --timeout bounds it)
         while True:
             result["phase"] = "polling for a task"
             try:
-                task = await rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=5000), timeout=RPC_TIMEOUT)
+                task = await rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=LONG_POLL_MS), timeout=RPC_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
-                result["errors"].append(f"get task: {exc.code().name} {exc.details()}")
-                result["phase"] = "gave up polling"
-                return
+                if not failed("get task", exc):
+                    result["phase"] = "gave up polling"
+                    return
+                streak += 1
+                await asyncio.sleep(_backoff(streak))
+                continue
             if task.kind == pb.Task.FINISH:
                 result["phase"] = "leaving"
-                await rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
+                try:  # best effort, as the real client's: the server forgets a silent session anyway
+                    await rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    failed("leave", exc)
                 result["phase"] = "finished"
                 return
             if task.kind != pb.Task.TRAIN:
+                streak = 0
                 continue
             try:
                 result["phase"] = f"downloading (round {task.round})"
@@ -177,8 +220,11 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 result["phase"] = f"uploading (round {task.round})"
                 answer = await rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
                 result["rounds"].append(task.round if answer.accepted else -task.round)
+                streak = 0
             except grpc.aio.AioRpcError as exc:
-                result["errors"].append(f"round {task.round}: {exc.code().name} {exc.details()}")
+                if failed(f"round {task.round}", exc):
+                    streak += 1
+                    await asyncio.sleep(_backoff(streak))
 
 
 async def _barrier(count: int, joined: asyncio.Queue, go: asyncio.Event, joined_file: Path, go_file: Path) -> None:
@@ -196,8 +242,11 @@ async def _progress(results: list[dict], path: Path) -> None:
         phases = Counter(r.get("phase", "starting") for r in results)
         delivered = Counter(k for r in results for k in r.get("rounds", []))
         errors = [e for r in results for e in r.get("errors", [])]
+        retries = [e for r in results for e in r.get("retries", [])]
+        kinds = Counter(kind_of(e) for e in errors + retries)
         path.write_text(json.dumps({"time": time.time(), "phases": phases, "delivered": delivered,
-                                    "errors": len(errors), "first_errors": errors[:5]}))
+                                    "errors": len(errors), "retries": len(retries), "error_kinds": kinds,
+                                    "first_errors": errors[:5]}))
         await asyncio.sleep(PROGRESS_EVERY)
 
 
@@ -258,9 +307,10 @@ def probe_main(args: argparse.Namespace) -> int:
     import grpc
 
     from fedstream.common.proto import coordinator_pb2 as pb
+    from fedstream.common.wire.protocol import LONG_POLL_MS
 
     out, go_file = Path(args.out), Path(args.go_file)
-    result: dict = {"client": args.client_id, "rounds": [], "errors": []}
+    result: dict = {"client": args.client_id, "rounds": [], "errors": [], "retries": []}
     with grpc.insecure_channel(args.server, options=OWN_CONNECTION) as channel:
         rpc = Stubs(channel)
         started = time.perf_counter()
@@ -272,20 +322,34 @@ def probe_main(args: argparse.Namespace) -> int:
         while not go_file.exists():
             time.sleep(0.05)
         session = reply.session_id
+        streak = 0
         try:
             while True:
-                task = rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=5000), timeout=RPC_TIMEOUT)
-                if task.kind == pb.Task.FINISH:
-                    timer.halt.set()
-                    timer.join(timeout=15)  # its last heartbeat before Leave, so none meets a closed session
-                    rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
-                    break
-                if task.kind != pb.Task.TRAIN:
-                    continue
-                chunks = rpc.download(pb.DownloadRequest(session_id=session, version=task.version), timeout=RPC_TIMEOUT)
-                messages = upload_messages(session, task, manifest_of(chunks), reply.chunk_bytes)
-                answer = rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
-                result["rounds"].append(task.round if answer.accepted else -task.round)
+                try:
+                    task = rpc.get_task(pb.TaskRequest(session_id=session, wait_ms=LONG_POLL_MS), timeout=RPC_TIMEOUT)
+                    if task.kind == pb.Task.FINISH:
+                        timer.halt.set()
+                        timer.join(timeout=15)  # its last heartbeat before Leave, so none meets a closed session
+                        try:
+                            rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
+                        except grpc.RpcError as exc:
+                            result["retries"].append(f"leave: {exc.code().name} {exc.details()}")
+                        break
+                    if task.kind != pb.Task.TRAIN:
+                        continue
+                    chunks = rpc.download(pb.DownloadRequest(session_id=session, version=task.version),
+                                          timeout=RPC_TIMEOUT)
+                    messages = upload_messages(session, task, manifest_of(chunks), reply.chunk_bytes)
+                    answer = rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
+                    result["rounds"].append(task.round if answer.accepted else -task.round)
+                    streak = 0
+                except grpc.RpcError as exc:
+                    text = f"probe: {exc.code().name} {exc.details()}"
+                    if exc.code() not in transient_codes():
+                        raise
+                    result["retries"].append(text)
+                    streak += 1
+                    time.sleep(_backoff(streak))
         except grpc.RpcError as exc:
             result["errors"].append(f"{exc.code().name} {exc.details()}")
         finally:

@@ -39,11 +39,10 @@ from fedstream.common.secagg import wire as secagg_wire
 from fedstream.common.secagg.errors import SecAggError
 from fedstream.common.tasks import Task, TrainSettings
 from fedstream.common.wire.manifest import reference_of
-from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import LONG_POLL_MS, PROTOCOL_VERSION
 from fedstream.common.wire.tensors import state_nbytes
 
 log = logging.getLogger("fedstream.client")
-POLL_MS = 5_000
 UPLOAD_ATTEMPTS = 4
 UPLOAD_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 
@@ -162,8 +161,8 @@ class FederatedClient:
                     return self._finish(self._run_over_message)
                 asked = time.monotonic()
                 try:
-                    task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=POLL_MS),
-                                             timeout=POLL_MS / 1000 + 10)
+                    task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=LONG_POLL_MS),
+                                             timeout=LONG_POLL_MS / 1000 + 10)
                     backoff.reset()
                     check_task(task, self.config.limits, self.config.local_epochs)
                 except grpc.RpcError as exc:
@@ -176,7 +175,7 @@ class FederatedClient:
                 if task.kind == pb.Task.FINISH:
                     return self._finish(task.message)
                 if task.kind == pb.Task.WAIT:
-                    time.sleep(pacer.delay(task.retry_after_ms, time.monotonic() - asked, POLL_MS / 1000))
+                    time.sleep(pacer.delay(task.retry_after_ms, time.monotonic() - asked, LONG_POLL_MS / 1000))
                     continue
                 pacer.reset()
                 try:

@@ -21,12 +21,11 @@ import torch
 from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.proto import coordinator_pb2 as pb
-from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import LONG_POLL_MS, PROTOCOL_VERSION
 
 log = logging.getLogger("fedstream.relay")
 RELAY_CAPABILITY = "relay"
 RELAY_FAILED = "relay-failed"  # the Exchange phase a relay uses to say it sends nothing this round
-POLL_MS = 5_000
 UPLOAD_ATTEMPTS = 4
 UPLOAD_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 KINDS = {pb.Task.WAIT: "wait", pb.Task.TRAIN: "train", pb.Task.EVALUATE: "evaluate", pb.Task.FINISH: "finish",
@@ -99,8 +98,8 @@ class UpstreamLink:
 
     def next_task(self) -> UpstreamTask:
         """Long-polls the upstream; network failures and lost sessions are retried here, never returned."""
-        task = self._call(lambda s: self.stub.GetTask(pb.TaskRequest(session_id=s, wait_ms=POLL_MS),
-                                                      timeout=POLL_MS / 1000 + 10))
+        task = self._call(lambda s: self.stub.GetTask(pb.TaskRequest(session_id=s, wait_ms=LONG_POLL_MS),
+                                                      timeout=LONG_POLL_MS / 1000 + 10))
         config = {"local_epochs": task.config.local_epochs, "batch_size": task.config.batch_size,
                   "learning_rate": task.config.learning_rate, "proximal_mu": task.config.proximal_mu,
                   "clip_norm": task.config.clip_norm, "noise_multiplier": task.config.noise_multiplier,

@@ -24,7 +24,7 @@ from fedstream.common.logs import printable
 from fedstream.common.tasks import Task
 from fedstream.common.wire.framing import Crc32, iter_chunks
 from fedstream.common.wire.manifest import reference_of
-from fedstream.common.wire.protocol import PROTOCOL_VERSION
+from fedstream.common.wire.protocol import LONG_POLL_MS, PROTOCOL_VERSION
 from fedstream.common.wire.tensors import all_finite
 from fedstream.server.aggregation.aggregator import NonFiniteUpdateError, StreamingAggregator, inspect_update
 from fedstream.server.aggregation.strategies import RoundUpdates, Strategy
@@ -53,7 +53,7 @@ from fedstream.server.publication.runlog import RunLog
 log = logging.getLogger("fedstream.server")
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
-MAX_WAIT_SECONDS = 30.0
+MAX_WAIT_SECONDS = LONG_POLL_MS / 1000
 EXPIRE_EVERY = 0.5
 
 

@@ -21,7 +21,7 @@ from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.framing import DataChunk, deserializer, serializer
 from fedstream.common.wire.protocol import SESSION_KEY, UPLOAD_ADMITTED_KEY
 from fedstream.server.core import errors
-from fedstream.server.core.coordinator import Coordinator
+from fedstream.server.core.coordinator import MAX_WAIT_SECONDS, Coordinator
 from fedstream.server.core.join_limit import peer_host
 from fedstream.server.core.messages import Assignment, TaskKind
 from fedstream.server.intake.upload import UploadSink
@@ -124,7 +124,7 @@ class CoordinatorServicer:
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         try:
             client = self._bound(context, request.session_id)
-            deadline = time.monotonic() + min(request.wait_ms / 1000.0, 30.0)
+            deadline = time.monotonic() + min(request.wait_ms / 1000.0, MAX_WAIT_SECONDS)
             with self.limits.long_poll(request.session_id):
                 while True:
                     task = self.core.task_now(request.session_id)
