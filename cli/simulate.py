@@ -49,6 +49,9 @@ def simulate_parser(p: argparse.ArgumentParser) -> None:
                    help="server started here: updates that close a round (default: every sampled client)")
     p.add_argument("--round-timeout", type=positive_float, default=300.0,
                    help="server started here: a round closes after this many seconds without its stragglers")
+    p.add_argument("--session-timeout", type=positive_float, default=120.0,
+                   help="server started here: seconds without contact before a client is dropped (longer than a real "
+                        "server's 30 s: hundreds of clients share an actor process, and a busy one heartbeats late)")
     p.add_argument("--seed", type=int, default=0, help="server started here: its --seed")
     p.add_argument("--run-dir", type=Path, default=None, help="server started here (default runs/sim-<timestamp>)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON summary (actors, clients, seconds) here")
@@ -66,6 +69,7 @@ def _start_server(args: argparse.Namespace, run_dir: Path) -> tuple[subprocess.P
                "--port-file", str(port_file), "--run-dir", str(run_dir), "--rounds", str(args.rounds),
                "--clients-per-round", str(args.clients_per_round), "--min-clients", str(needed),
                "--round-timeout", f"{args.round_timeout:g}", "--wait-for-clients", "900", "--seed", str(args.seed),
+               "--session-timeout", f"{args.session_timeout:g}",
                "--mode", args.mode,
                "--join-rate", "0",  # every simulated client joins from this one host
                "--buffer-size", str(args.buffer_size), "--task", args.task, "--log-level", "WARNING"]
