@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import random
 import json
 import resource
 import sys
@@ -132,24 +131,25 @@ def kind_of(failure: str) -> str:
     return f"{what}: {(rest.split() or ['?'])[0]}"
 
 
-def transient_codes() -> set:
-    """The statuses a real client retries (client/runner.py _recover): the server shed the call or went away."""
+def transient_codes() -> frozenset:
+    """The statuses a real client retries (client/connection.py LOST_SERVER, and RESOURCE_EXHAUSTED: busy)."""
     import grpc
 
-    return {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+    from fedstream.client.connection import LOST_SERVER
+
+    return LOST_SERVER | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def _backoff(attempt: int) -> float:
-    """The real client's backoff (client/connection.py Backoff): 0.5 s doubling to 10 s, full jitter."""
-    delay = min(10.0, 0.5 * 2 ** attempt)
-    return random.uniform(delay / 2, delay)
+def failure(what: str, exc) -> str:
+    """'round 2: CANCELLED details': what failed, its status and its details (kind_of reads it back)."""
+    return f"{what}: {exc.code().name} {exc.details()}"
 
 
 async def _client(client_id: str, address: str, start_at: float, joined: asyncio.Queue, go: asyncio.Event,
                   result: dict) -> None:
     import grpc
 
+    from fedstream.client.connection import Backoff
     from fedstream.common.proto import coordinator_pb2 as pb
     from fedstream.common.wire.protocol import LONG_POLL_MS
 
@@ -158,9 +158,8 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
 
     def failed(what: str, exc: grpc.aio.AioRpcError) -> bool:
         """Notes a failed call; True when it is one a real client retries (the server shed load or went away)."""
-        text = f"{what}: {exc.code().name} {exc.details()}"
         retry = exc.code() in transient
-        result["retries" if retry else "errors"].append(text)
+        result["retries" if retry else "errors"].append(failure(what, exc))
         return retry
 
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
@@ -168,15 +167,16 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
         reply = None
+        backoff = Backoff()  # the real client's: 0.5 s doubling to 10 s, jittered; a success resets it
         result["phase"] = "joining"
-        for attempt in range(JOIN_ATTEMPTS):  # as a real client does: thousands connecting at once may be refused
+        for _ in range(JOIN_ATTEMPTS):  # as a real client does: thousands connecting at once may be refused
             try:
                 reply = await rpc.join(join_request(client_id), timeout=RPC_TIMEOUT)
                 break
             except grpc.aio.AioRpcError as exc:
                 if not failed("join", exc):
                     break
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff.next_delay())
         if reply is None:
             result["phase"] = "gave up joining"
             result["errors"].append("join: gave up")
@@ -187,8 +187,7 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
         await joined.put(True)
         await go.wait()
         session = reply.session_id
-        streak = 0  # failed calls in a row: the backoff grows with it (to 10 s), a success resets it; like the real
-        # client, a load client never gives up on a server that sheds its calls (the driver's --timeout bounds it)
+        backoff.reset()  # like the real client, a load client never gives up on a server that sheds its calls
         while True:
             result["phase"] = "polling for a task"
             try:
@@ -197,8 +196,7 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 if not failed("get task", exc):
                     result["phase"] = "gave up polling"
                     return
-                streak += 1
-                await asyncio.sleep(_backoff(streak))
+                await asyncio.sleep(backoff.next_delay())
                 continue
             if task.kind == pb.Task.FINISH:
                 result["phase"] = "leaving"
@@ -209,7 +207,7 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 result["phase"] = "finished"
                 return
             if task.kind != pb.Task.TRAIN:
-                streak = 0
+                backoff.reset()
                 continue
             try:
                 result["phase"] = f"downloading (round {task.round})"
@@ -220,11 +218,10 @@ async def _client(client_id: str, address: str, start_at: float, joined: asyncio
                 result["phase"] = f"uploading (round {task.round})"
                 answer = await rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
                 result["rounds"].append(task.round if answer.accepted else -task.round)
-                streak = 0
+                backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 if failed(f"round {task.round}", exc):
-                    streak += 1
-                    await asyncio.sleep(_backoff(streak))
+                    await asyncio.sleep(backoff.next_delay())
 
 
 async def _barrier(count: int, joined: asyncio.Queue, go: asyncio.Event, joined_file: Path, go_file: Path) -> None:
@@ -306,6 +303,7 @@ class HeartbeatTimer(threading.Thread):
 def probe_main(args: argparse.Namespace) -> int:
     import grpc
 
+    from fedstream.client.connection import Backoff
     from fedstream.common.proto import coordinator_pb2 as pb
     from fedstream.common.wire.protocol import LONG_POLL_MS
 
@@ -322,7 +320,7 @@ def probe_main(args: argparse.Namespace) -> int:
         while not go_file.exists():
             time.sleep(0.05)
         session = reply.session_id
-        streak = 0
+        backoff = Backoff()
         try:
             while True:
                 try:
@@ -333,7 +331,7 @@ def probe_main(args: argparse.Namespace) -> int:
                         try:
                             rpc.leave(pb.LeaveRequest(session_id=session, reason="finished"), timeout=RPC_TIMEOUT)
                         except grpc.RpcError as exc:
-                            result["retries"].append(f"leave: {exc.code().name} {exc.details()}")
+                            result["retries"].append(failure("leave", exc))
                         break
                     if task.kind != pb.Task.TRAIN:
                         continue
@@ -342,16 +340,14 @@ def probe_main(args: argparse.Namespace) -> int:
                     messages = upload_messages(session, task, manifest_of(chunks), reply.chunk_bytes)
                     answer = rpc.upload(iter(messages), timeout=RPC_TIMEOUT)
                     result["rounds"].append(task.round if answer.accepted else -task.round)
-                    streak = 0
+                    backoff.reset()
                 except grpc.RpcError as exc:
-                    text = f"probe: {exc.code().name} {exc.details()}"
                     if exc.code() not in transient_codes():
                         raise
-                    result["retries"].append(text)
-                    streak += 1
-                    time.sleep(_backoff(streak))
+                    result["retries"].append(failure("probe", exc))
+                    time.sleep(backoff.next_delay())
         except grpc.RpcError as exc:
-            result["errors"].append(f"{exc.code().name} {exc.details()}")
+            result["errors"].append(failure("probe", exc))
         finally:
             timer.halt.set()
             timer.join(timeout=15)

@@ -14,9 +14,15 @@ from fedstream.client.handshake import HandshakeFailed
 from fedstream.common.wire.channel import GRPC_OPTIONS
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.framing import deserializer, serializer
+from fedstream.common.wire.protocol import LONG_POLL_MS
 
 SERVICE = "/fedstream.v1.Coordinator/"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# A call that failed with one of these lost the server (it went away, cut the stream, or cancelled the call
+# because it was too busy to take it): the client backs off and tries again.
+LOST_SERVER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                         grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+POLL_TIMEOUT_S = LONG_POLL_MS / 1000 + 10  # a task poll's call deadline: the server holds it at most LONG_POLL_MS
 log = logging.getLogger("fedstream.client")
 T = TypeVar("T")
 

@@ -17,7 +17,8 @@ import grpc
 import torch
 from torch.utils.data import TensorDataset
 
-from fedstream.client.connection import Backoff, CoordinatorStub, WaitPacer, open_channel, with_retry
+from fedstream.client.connection import (LOST_SERVER, POLL_TIMEOUT_S, Backoff, CoordinatorStub, WaitPacer, open_channel,
+                                         with_retry)
 from fedstream.client.handshake import diagnose_handshake
 from fedstream.client.device import resolve_device
 from fedstream.client.feedback import ErrorFeedback
@@ -162,7 +163,7 @@ class FederatedClient:
                 asked = time.monotonic()
                 try:
                     task = self.stub.GetTask(pb.TaskRequest(session_id=self.session.session_id, wait_ms=LONG_POLL_MS),
-                                             timeout=LONG_POLL_MS / 1000 + 10)
+                                             timeout=POLL_TIMEOUT_S)
                     backoff.reset()
                     check_task(task, self.config.limits, self.config.local_epochs)
                 except grpc.RpcError as exc:
@@ -228,8 +229,7 @@ class FederatedClient:
             time.sleep(delay)
             self.join()
             return
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-                    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        if code in LOST_SERVER:
             delay = backoff.next_delay()
             log.info("client=%s lost the server (%s); retrying in %.1f s", self.config.client_id,
                      code.name if code else "", delay)

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import grpc
 import torch
 
-from fedstream.client.connection import Backoff, CoordinatorStub, open_channel, with_retry
+from fedstream.client.connection import (LOST_SERVER, POLL_TIMEOUT_S, Backoff, CoordinatorStub, open_channel,
+                                         with_retry)
 from fedstream.client.transfer import TransferError, download, upload
 from fedstream.common.proto import coordinator_pb2 as pb
 from fedstream.common.wire.protocol import LONG_POLL_MS, PROTOCOL_VERSION
@@ -99,7 +100,7 @@ class UpstreamLink:
     def next_task(self) -> UpstreamTask:
         """Long-polls the upstream; network failures and lost sessions are retried here, never returned."""
         task = self._call(lambda s: self.stub.GetTask(pb.TaskRequest(session_id=s, wait_ms=LONG_POLL_MS),
-                                                      timeout=LONG_POLL_MS / 1000 + 10))
+                                                      timeout=POLL_TIMEOUT_S))
         config = {"local_epochs": task.config.local_epochs, "batch_size": task.config.batch_size,
                   "learning_rate": task.config.learning_rate, "proximal_mu": task.config.proximal_mu,
                   "clip_norm": task.config.clip_norm, "noise_multiplier": task.config.noise_multiplier,
@@ -181,9 +182,7 @@ class UpstreamLink:
                     log.info("relay=%s upstream session lost (%s); joining again", self.client_id, exc.details())
                     self.join()
                     continue
-                retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
-                if not retryable or time.monotonic() > deadline or self._stop.is_set():
+                if code not in LOST_SERVER or time.monotonic() > deadline or self._stop.is_set():
                     raise UpstreamRefused(f"upstream {self.address}: {_code(exc)}: {exc.details()}") from None
                 delay = backoff.next_delay()
                 log.info("relay=%s lost upstream %s (%s); retrying in %.1f s", self.client_id, self.address,

@@ -17,6 +17,19 @@ from fedstream.server.core.admission import Transfer, TransferSlots
 TICK_SECONDS = 0.25
 
 
+class Unqueued(Transfer):
+    """What a transfer of at most one chunk holds instead of a slot: its progress counts for nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: 0.0)
+
+    def progress(self) -> None:
+        pass
+
+
+UNQUEUED = Unqueued()
+
+
 class AdmissionQueue:
     def __init__(self, slots: TransferSlots, small_bytes: int = 0, tick: float = TICK_SECONDS) -> None:
         self.slots = slots
@@ -25,10 +38,10 @@ class AdmissionQueue:
         self._waiters: deque[asyncio.Future] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    async def acquire(self, nbytes: int | None = None) -> Transfer | None:
-        """A slot, or None for a transfer of at most small_bytes (it needs none)."""
+    async def acquire(self, nbytes: int | None = None) -> Transfer:
+        """A slot, or UNQUEUED for a transfer of at most small_bytes (it needs none)."""
         if nbytes is not None and nbytes <= self.small_bytes:
-            return None
+            return UNQUEUED
         transfer = self.slots.try_acquire()
         if transfer is not None:
             return transfer
@@ -46,8 +59,8 @@ class AdmissionQueue:
             if transfer is not None:
                 return transfer
 
-    def release(self, transfer: Transfer | None) -> None:
-        if transfer is None:
+    def release(self, transfer: Transfer) -> None:
+        if transfer is UNQUEUED:
             return
         self.slots.release(transfer)
         self._wake_one()

@@ -185,8 +185,7 @@ class CoordinatorServicer:
                 if piece is None:
                     break
                 await self._write(context, DataChunk(memoryview(piece)))
-                if transfer is not None:
-                    transfer.progress()
+                transfer.progress()
         finally:
             self.admission.release(transfer)
         await context.write(pb.ModelChunk(trailer=pb.Trailer(crc32=stream.crc.value, total_bytes=stream.crc.nbytes)))
@@ -252,8 +251,7 @@ class CoordinatorServicer:
         try:
             await context.send_initial_metadata(((UPLOAD_ADMITTED_KEY, "1"),))
             async for message in incoming:
-                if transfer is not None:
-                    transfer.progress()
+                transfer.progress()
                 if trailer is not None:
                     raise errors.invalid(f"client {sink.client_id} sent data after the trailer; nothing was aggregated")
                 if isinstance(message, DataChunk):
